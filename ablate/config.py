@@ -1,0 +1,224 @@
+"""Typed, frozen configuration of one training run (one trial).
+
+A trial is fully described by a :class:`TrainConfig`: which network
+(:class:`ModelSpec`), which data (:class:`DataConfig`), how to train it
+(:class:`TrainerConfig`) and the seed. Every field has a default and a one-line
+comment; the defaults are the paper's CIFAR-10 recipe (He et al. 2015, sec. 4.2).
+
+This module knows nothing of torch, Ray or MLflow: it is the schema, its
+validation, and the flat ``"a.b.c"`` view that study files, command-line
+overrides and MLflow params all use.
+
+Example::
+
+    >>> cfg = TrainConfig(model=ModelSpec(n=9, shortcut="none"))
+    >>> cfg.model.name, cfg.model.depth
+    ('plain56', 56)
+    >>> with_overrides(cfg, {"trainer.epochs": 2}).trainer.epochs
+    2
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelSpec",
+    "deep_merge",
+    "TrainConfig",
+    "TrainerConfig",
+    "WarmupConfig",
+    "flatten",
+    "format_validation_error",
+    "unflatten",
+    "with_overrides",
+]
+
+Block = Literal["basic", "bottleneck", "preact", "preact_bottleneck"]
+Shortcut = Literal["A", "B", "C", "none"]
+DatasetName = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
+
+# Weighted layers per residual unit, by block type: depth = LAYERS_PER_UNIT * 3n + 2.
+LAYERS_PER_UNIT = {"basic": 2, "preact": 2, "bottleneck": 3, "preact_bottleneck": 3}
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is invalid; the message says where and what is allowed."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ModelSpec(_Frozen):
+    """One point of the CIFAR ResNet design space (He et al. 2015 sec. 4.2; 2016 for preact)."""
+
+    block: Block = "basic"  # basic: 3x3,3x3 | bottleneck: 1x1,3x3,1x1(4x) | preact*: BN-ReLU-conv order
+    n: int = Field(3, ge=1)  # residual units per stage; depth = 6n+2 (basic/preact) or 9n+2 (bottleneck)
+    shortcut: Shortcut = "A"  # A: zero-pad identity, B: projection where shape changes, C: all projections, none: plain net
+    base_width: int = Field(16, ge=1)  # filters of the first stage (paper: 16; stages use w, 2w, 4w)
+    width_mult: float = Field(1.0, gt=0)  # multiplies base_width (wide variants)
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers: the stem conv, the convs of 3n units, and the classifier."""
+        return LAYERS_PER_UNIT[self.block] * 3 * self.n + 2
+
+    @property
+    def residual(self) -> bool:
+        return self.shortcut != "none"
+
+    @property
+    def width(self) -> int:
+        """Filters of the first stage after the multiplier."""
+        return max(1, round(self.base_width * self.width_mult))
+
+    @property
+    def name(self) -> str:
+        """The paper's name where there is one: resnet20, plain56, resnet56-B, preact_resnet164, ..."""
+        prefix = "preact_" if self.block.startswith("preact") else ""
+        family = "plain" if not self.residual else "resnet"
+        name = f"{prefix}{family}{self.depth}"
+        default_shortcut = "B" if self.block.endswith("bottleneck") else "A"
+        if self.residual and self.shortcut != default_shortcut:
+            name += f"-{self.shortcut}"
+        if self.width != 16:
+            name += f"-w{self.width}"
+        return name
+
+
+class DataConfig(_Frozen):
+    """Which data set, where its files are, and how it is split and augmented."""
+
+    name: DatasetName = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
+    root: str | None = None  # directory holding the files; None: the standard places, then the cache
+    download: bool = True  # fetch (with checksum) into the cache when the files are not found
+    val_size: int = Field(5000, ge=0)  # held out from the training set (paper: 45k/5k); 0: no validation
+    train_size: int | None = Field(None, ge=1)  # keep this many training images (after the split); None: all
+    test_size: int | None = Field(None, ge=1)  # keep this many test images; None: all
+    augment: bool = True  # 4-pixel pad + random crop + random horizontal flip (paper sec. 4.2)
+    split_seed: int = 0  # seeds the train/validation split, independent of the trial seed
+    # synthetic only: a class-conditional random data set of any shape and size
+    synthetic_shape: tuple[int, int, int] = (3, 32, 32)  # (channels, height, width)
+    synthetic_classes: int = Field(10, ge=2)  # number of classes
+    synthetic_train: int = Field(1000, ge=1)  # training images before the validation split
+    synthetic_test: int = Field(200, ge=1)  # test images
+
+
+class WarmupConfig(_Frozen):
+    """Learning-rate warm-up before the main schedule (paper sec. 4.2, used for n = 18)."""
+
+    policy: Literal["none", "paper", "linear"] = "none"  # paper: low lr until train error < threshold; linear: ramp
+    lr: float = Field(0.01, gt=0)  # paper policy: the warm-up learning rate
+    until_train_error: float = Field(0.8, gt=0, le=1)  # paper policy: leave warm-up below this training error
+    max_iterations: int = Field(2000, ge=1)  # paper policy: leave warm-up after this many iterations regardless
+    check_every: int = Field(20, ge=1)  # paper policy: iterations per training-error check (mean over the window)
+    ramp_iterations: int = Field(400, ge=1)  # linear policy: lr rises linearly from ~0 to the base lr over k iterations
+
+
+class TrainerConfig(_Frozen):
+    """The optimisation recipe and the speed switches of the shared trainer."""
+
+    batch_size: int = Field(128, ge=1)  # mini-batch (paper: 128)
+    lr: float = Field(0.1, gt=0)  # base learning rate (paper: 0.1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum (paper: 0.9)
+    weight_decay: float = Field(1e-4, ge=0)  # L2 on all weights (paper: 1e-4)
+    nesterov: bool = False  # Nesterov momentum (paper: off)
+    iterations: int = Field(64000, ge=1)  # run length in iterations (paper: 64k); ignored when epochs is set
+    epochs: int | None = Field(None, ge=1)  # run length in epochs instead (iterations = epochs * batches per epoch)
+    schedule: Literal["step", "cosine", "constant"] = "step"  # lr schedule after warm-up
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of the run where lr *= gamma (paper: 32k/64k, 48k/64k)
+    gamma: float = Field(0.1, gt=0, le=1)  # step: lr multiplier at each milestone (paper: /10)
+    warmup: WarmupConfig = WarmupConfig()  # warm-up policy
+    eval_every: int | None = Field(None, ge=1)  # iterations between evaluations; None: once per epoch
+    eval_batch_size: int = Field(1000, ge=1)  # batch for validation/test passes (no gradients)
+    grad_norm_every: int = Field(10, ge=1)  # iterations between per-stage gradient-norm samples
+    device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
+    bf16: bool | None = None  # bf16 autocast; None: on where it helps (CUDA, CPUs with AMX/AVX512-BF16)
+    channels_last: bool | None = None  # NHWC memory format; None: on where it helps (same rule as bf16)
+    compile: bool = False  # torch.compile the model (pays off only for long runs; see docs/BENCHMARKS.md)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA; CPU runs are already repeatable)
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> "TrainerConfig":
+        ms = self.milestones
+        if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
+            raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), got {list(ms)}")
+        return self
+
+
+class TrainConfig(_Frozen):
+    """Everything one trial needs: network, data, recipe and seed."""
+
+    model: ModelSpec = ModelSpec()  # the network
+    data: DataConfig = DataConfig()  # the data set and its split
+    trainer: TrainerConfig = TrainerConfig()  # the optimisation recipe
+    seed: int = 0  # seeds initialisation, data order and augmentation
+
+
+# -- flat view -----------------------------------------------------------------------------------
+
+
+def flatten(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model.n": 3, "trainer.warmup.policy": "none", ...}``: the view MLflow params and studies use."""
+    items = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`: ``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: '{part}' is a value, not a section")
+        node[leaf] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``update`` merged in, section by section."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(err: ValidationError, *, source: str = "config", prefix: str = "") -> str:
+    """One readable message: ``source: key.path: what is wrong (got X)`` per problem."""
+    lines = []
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"])
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+        msg = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {problem.get('input')!r})"
+        lines.append(f"{source}: {where}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], *, source: str = "overrides") -> TrainConfig:
+    """A new config with dotted-key overrides applied and validated, e.g. ``{"model.n": 9}``."""
+    data = deep_merge(cfg.model_dump(), unflatten(overrides))
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source=source)) from None

@@ -1,0 +1,90 @@
+"""How a study is laid out in MLflow: the one contract between the writer and the readers.
+
+- One MLflow **experiment per study**, named after the study (``study.name``).
+- Each invocation of ``ablate run`` is a **parent run** (tag ``ablate.role = study``).
+- Each trial is a **child run** nested under it (``mlflow.parentRunId``; ``ablate.role = trial``).
+
+Child runs hold:
+- params: every field of the trial's resolved :class:`~ablate.config.TrainConfig`, flattened
+  (``model.n``, ``trainer.lr``, ``seed``, ...), plus ``model.name``, ``model.depth``,
+  ``model.params`` and ``model.macs``;
+- metrics at every evaluation point, ``step`` = training iteration: see :data:`EPOCH_METRICS`
+  and the ``grad_norm/<part>`` family;
+- final metrics ``final/<metric>`` (the values at the end of the run);
+- artifacts ``layer_responses.json`` (``{"names": [...], "std": [...]}``, network order) and
+  ``config.json`` (the resolved config);
+- tags: :data:`TAG_STUDY`, :data:`TAG_ROLE`, :data:`TAG_STATUS`, :data:`TAG_GROUP`,
+  :data:`TAG_LABEL`, :data:`TAG_TRIAL`, plus the git commit and library versions.
+
+Parent runs hold the resolved study file as artifact ``study.yaml``, the study's question and
+metric as tags, and the report (``report/``) once ``ablate report`` has run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# tags
+TAG_STUDY = "ablate.study"  # study name, on parent and child runs
+TAG_ROLE = "ablate.role"  # "study" (parent) | "trial" (child)
+TAG_STATUS = "ablate.status"  # child: running | finished | diverged | failed; parent: running | finished | interrupted | failed
+TAG_GROUP = "ablate.group"  # child: key of the configuration without its seed (replicates share it)
+TAG_LABEL = "ablate.label"  # child: short human label of the configuration, e.g. "resnet56-B"
+TAG_TRIAL = "ablate.trial_id"  # child: Ray Tune trial id
+TAG_QUESTION = "ablate.question"  # parent: the study's question
+TAG_METRIC = "ablate.metric"  # parent: the metric the study reports, e.g. "test_error"
+TAG_MODE = "ablate.mode"  # parent: "min" | "max"
+TAG_PARENT = "mlflow.parentRunId"  # set by MLflow for nested runs
+
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+TRIAL_STATUSES = ("running", "finished", "diverged", "failed")
+STUDY_STATUSES = ("running", "finished", "interrupted", "failed")
+
+# metrics logged at each evaluation point (step = iteration)
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_error",  # fraction in [0, 1], on augmented training batches of the epoch
+    "val_error",  # fraction, held-out split of the training set
+    "test_error",  # fraction, the test set
+    "lr",
+    "images_per_s",
+    "wall_time",  # seconds since the start of training
+)
+GRAD_NORM_PREFIX = "grad_norm/"  # grad_norm/stem, grad_norm/stage1..3, grad_norm/head
+FINAL_PREFIX = "final/"  # final/train_error, final/val_error, final/test_error, ...
+
+# artifacts
+ARTIFACT_RESPONSES = "layer_responses.json"
+ARTIFACT_CONFIG = "config.json"
+ARTIFACT_STUDY = "study.yaml"
+ARTIFACT_REPORT_DIR = "report"
+
+# params added beside the flattened config
+PARAM_MODEL_NAME = "model.name"
+PARAM_MODEL_DEPTH = "model.depth"
+PARAM_MODEL_PARAMS = "model.params"
+PARAM_MODEL_MACS = "model.macs"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) holding ``pyproject.toml`` or ``.git``; else cwd."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "pyproject.toml").exists() or (directory / ".git").exists():
+            return directory
+    return here
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else SQLite ``mlflow.db`` at the project root, as an absolute path.
+
+    Absolute, so that Ray workers (which run in other directories) and ``mlflow ui`` started at the
+    project root agree on one file.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
