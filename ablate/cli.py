@@ -1,0 +1,229 @@
+"""The ``ablate`` command: parses arguments and dispatches; the work lives in the modules it calls.
+
+    ablate models                         the registry, with parameters and MACs
+    ablate train --model resnet20 ...     one configuration, progress per epoch
+    ablate plan studies/X.yaml            every trial a study would run, without training
+    ablate run studies/X.yaml             run a study on Ray Tune, recorded in MLflow
+    ablate studies                        the studies recorded in MLflow
+    ablate report --study X               tables, plots and a diagnosis from the records
+    ablate bench --model resnet20         training throughput against the conventional pipeline
+
+User errors (bad config, study file, data) print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ablate.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"ablate {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ablate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered networks with parameters and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels (3: CIFAR, 1: Fashion-MNIST)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=32)
+    p.set_defaults(handler=_models)
+
+    p = sub.add_parser("train", help="train one configuration and show progress per epoch")
+    p.add_argument("--model", help="a registered name (see 'ablate models'); spec options below override it")
+    p.add_argument("--block", choices=["basic", "bottleneck", "preact", "preact_bottleneck"])
+    p.add_argument("--n", type=int, help="units per stage: depth 6n+2 (basic) or 9n+2 (bottleneck)")
+    p.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="none: the plain net")
+    p.add_argument("--data", default="fashion-mnist", help="cifar10 | cifar100 | fashion-mnist | synthetic")
+    p.add_argument("--data-root", help="directory holding the data set's files")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="run length in epochs")
+    length.add_argument("--iterations", type=int, help="run length in iterations (paper: 64000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--checkpoint-dir", help="write checkpoint.pt here at every evaluation")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    _add_set(p)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("plan", help="list every trial of a study with its parameters, MACs and FLOPs")
+    p.add_argument("study", help="study file, e.g. studies/depth_sweep.yaml")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_set(p)
+    p.set_defaults(handler=_plan)
+
+    p = sub.add_parser("run", help="run a study on Ray Tune; every trial is recorded in MLflow")
+    p.add_argument("study", help="study file, e.g. studies/quickstart.yaml")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of this study")
+    p.add_argument("--address", help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
+    p.add_argument("--storage-path", help="where Ray Tune keeps trial state and checkpoints")
+    _add_set(p)
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("studies", help="list the studies recorded in MLflow")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
+    p.set_defaults(handler=_studies)
+
+    p = sub.add_parser("report", help="tables, plots and a diagnosis of a recorded study")
+    p.add_argument("--study", required=True, help="the study's name (see 'ablate studies')")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
+    p.add_argument("--out", default="reports", help="output folder; the report goes to OUT/STUDY/")
+    p.set_defaults(handler=_report)
+
+    p = sub.add_parser("bench", help="training throughput and memory against the conventional pipeline")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per pipeline")
+    p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps before timing")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_bench)
+    return parser
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any key, e.g. --set trainer.epochs=2 (repeatable; VALUE is parsed as YAML)",
+    )
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. trainer.epochs=2")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+def _models(args) -> int:
+    from ablate.models import count_macs, count_params, list_models, model_spec
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no registered model matches {args.pattern!r}; try 'ablate models'")
+    dims = dict(in_channels=args.in_channels, num_classes=args.num_classes)
+    print(f"{'name':<20} {'block':<18} {'depth':>5} {'shortcut':>8} {'params':>12} {'MACs/image':>15}")
+    for name in names:
+        spec = model_spec(name)
+        params = count_params(spec, **dims)
+        macs = count_macs(spec, **dims, image_size=args.image_size)
+        print(f"{name:<20} {spec.block:<18} {spec.depth:>5} {spec.shortcut:>8} {params:>12,} {macs:>15,}")
+    return 0
+
+
+def _train(args) -> int:
+    from ablate.config import TrainConfig, with_overrides
+    from ablate.models import model_spec
+    from ablate.trainer import train
+
+    flags = {"data.name": args.data, "seed": args.seed, "trainer.device": args.device}
+    if args.model:
+        flags |= {f"model.{k}": v for k, v in model_spec(args.model).model_dump().items()}
+    for key in ("block", "n", "shortcut"):
+        if getattr(args, key) is not None:
+            flags[f"model.{key}"] = getattr(args, key)
+    if args.data_root:
+        flags["data.root"] = args.data_root
+    if args.epochs:
+        flags["trainer.epochs"] = args.epochs
+    if args.iterations:
+        flags["trainer.iterations"] = args.iterations
+    config = with_overrides(TrainConfig(), flags | _parse_sets(args.overrides), source="ablate train")
+    if args.resume and not args.checkpoint_dir:
+        raise ConfigError("--resume needs --checkpoint-dir (the folder holding checkpoint.pt)")
+
+    print(f"training {config.model.name} on {config.data.name}, seed {config.seed}", flush=True)
+    result = train(
+        config, _print_progress, checkpoint_dir=args.checkpoint_dir,
+        resume_from=args.checkpoint_dir if args.resume else None,
+    )
+    print(f"status: {result.status}")
+    return 0 if result.status == "finished" else 1
+
+
+def _print_progress(m: dict) -> None:
+    parts = [f"epoch {m['epoch']:6.2f}", f"it {m['iteration']:>6}", f"loss {m['train_loss']:.4f}",
+             f"train {100 * m['train_error']:5.2f}%"]
+    for key in ("val_error", "test_error"):
+        if key in m:
+            parts.append(f"{key.split('_')[0]} {100 * m[key]:5.2f}%")
+    parts += [f"lr {m['lr']:.4g}", f"{m['images_per_s']:,.0f} img/s", f"{m['wall_time']:.1f}s"]
+    print("  ".join(parts), flush=True)
+
+
+def _plan(args) -> int:
+    from ablate.study import format_plan, load_study, plan_rows
+
+    rows = plan_rows(load_study(args.study, args.overrides))
+    print(json.dumps(rows, indent=2, default=str) if args.json else format_plan(rows))
+    return 0
+
+
+def _run(args) -> int:
+    from ablate.search import run_study
+    from ablate.study import load_study
+
+    study = load_study(args.study, args.overrides)
+    return run_study(
+        study, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
+        storage_path=args.storage_path,
+    )
+
+
+def _studies(args) -> int:
+    from ablate.report import format_studies, list_studies
+
+    print(format_studies(list_studies(args.tracking_uri)))
+    return 0
+
+
+def _report(args) -> int:
+    from ablate.report import make_report
+
+    result = make_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out)
+    print(result.summary)
+    print(f"\nreport written to {result.path}")
+    return 0
+
+
+def _bench(args) -> int:
+    from ablate.bench import format_bench, run_bench
+
+    result = run_bench(
+        model=args.model, device=args.device, batch_size=args.batch_size, steps=args.steps,
+        warmup_steps=args.warmup_steps, compile=args.compile,
+    )
+    print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""The shared trainer: one training run, ``train(config, report)``.
+
+Every trial of every study runs this function. It knows nothing of Ray, MLflow or YAML: it takes a
+:class:`~ablate.config.TrainConfig` and a callback that receives a dict of metrics at each evaluation
+point, and returns a :class:`TrainResult`. Ray Tune calls it through a thin adapter
+(:mod:`ablate.search`); a unit test calls it with a list's ``append``::
+
+    >>> from ablate.config import TrainConfig, DataConfig, ModelSpec, TrainerConfig
+    >>> cfg = TrainConfig(model=ModelSpec(n=1), data=DataConfig(name="synthetic", val_size=100),
+    ...                   trainer=TrainerConfig(iterations=20, batch_size=32, eval_every=10))
+    >>> seen = []
+    >>> result = train(cfg, seen.append)
+    >>> [m["iteration"] for m in seen], result.status
+    ([10, 20], 'finished')
+
+The training path (paper sec. 4.2): SGD with momentum and weight decay; the lr set per iteration by
+:mod:`ablate.schedule`; whole-batch augmentation on the device (:class:`ablate.data.DeviceData`);
+optional bf16 autocast, channels_last and torch.compile. Nothing on the hot path waits for the device
+except the paper's warm-up checks (while warm-up lasts) and one finiteness check every
+``DIVERGENCE_CHECK_EVERY`` iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ablate.config import TrainConfig
+from ablate.data import DeviceData, Splits, load_dataset
+from ablate.models import build_model
+from ablate.schedule import PaperWarmup, learning_rate
+
+__all__ = ["CHECKPOINT_FILE", "TrainResult", "resolve_device", "speed_defaults", "train"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+DIVERGENCE_CHECK_EVERY = 50  # iterations between non-finite loss checks (each one syncs the device)
+
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """What one run produced: its status, every reported metric dict, and the layer responses."""
+
+    status: str  # finished | diverged
+    history: list[dict[str, Any]] = field(default_factory=list)
+    layer_responses: dict[str, list] | None = None  # {"names": [...], "std": [...]} in network order
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when present, else cpu; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def speed_defaults(device: torch.device) -> bool:
+    """Whether bf16 autocast and channels_last help on ``device`` (the rule behind their ``None`` default).
+
+    CUDA: when the GPU supports bf16. CPU: when it has AVX512-BF16 or AMX units (oneDNN then runs bf16
+    convolutions natively); measured in docs/BENCHMARKS.md.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") and _cpu_has_bf16()
+    return False
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# -- the run's state -----------------------------------------------------------------------------
+
+
+class _Window:
+    """Sums over the iterations since the last evaluation, kept on the device (no sync per step)."""
+
+    def __init__(self, device: torch.device, parts: list[str]):
+        self.device, self.parts = device, parts
+        self.reset()
+
+    def reset(self) -> None:
+        zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
+        self.loss, self.wrong, self.images = zero(), zero(), 0
+        self.grad_norms = {p: zero() for p in self.parts}
+        self.grad_samples = 0
+        self.train_seconds = 0.0
+
+    def add(self, loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
+        self.loss += loss.double() * images
+        self.wrong += wrong.double()
+        self.images += images
+
+
+@dataclass
+class _Position:
+    """Where the run is: enough, with the model and optimiser, to continue exactly."""
+
+    iteration: int = 0
+    epoch: int = 0  # full epochs completed
+    batch_in_epoch: int = 0  # batches consumed of the current epoch
+    epoch_rng: torch.Tensor | None = None  # data generator state at the start of the current epoch
+    wall_time: float = 0.0  # seconds spent before the last checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(
+    config: TrainConfig,
+    report: Report,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Train ``config`` and call ``report(metrics)`` at every evaluation point; see the module docstring.
+
+    ``checkpoint_dir``: write ``checkpoint.pt`` there before each report. ``resume_from``: a directory
+    with ``checkpoint.pt`` to continue from exactly.
+    """
+    t = config.trainer
+    device = resolve_device(t.device)
+    fast = speed_defaults(device)
+    use_bf16 = fast if t.bf16 is None else t.bf16
+    channels_last = fast if t.channels_last is None else t.channels_last
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    splits = load_dataset(config.data)
+    torch.manual_seed(config.seed)  # initialisation; data order uses its own generator below
+    model = build_model(config.model, in_channels=splits.in_channels, num_classes=splits.num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if t.compile else model
+    train_data, val_data, test_data = _device_splits(splits, device, channels_last)
+
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        nesterov=t.nesterov, foreach=True,
+    )
+    batches_per_epoch = train_data.batches_per_epoch(t.batch_size)
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"data: {len(train_data)} training images is fewer than one batch (trainer.batch_size={t.batch_size})"
+        )
+    total = t.epochs * batches_per_epoch if t.epochs else t.iterations
+    eval_every = t.eval_every or batches_per_epoch
+    generator = torch.Generator().manual_seed(config.seed)
+    warmup = PaperWarmup.start(t)
+    pos = _Position()
+    if resume_from is not None:
+        pos, warmup = _load_checkpoint(Path(resume_from), model, optimizer, generator)
+
+    parts = model.parts()
+    window = _Window(device, list(parts))
+    warm_wrong = torch.zeros((), dtype=torch.float64, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    started = time.perf_counter() - pos.wall_time
+    batches = _epoch_batches(train_data, t.batch_size, generator, config.data.augment, pos)
+
+    model.train()
+    tick = time.perf_counter()
+    while pos.iteration < total:
+        x, y = next(batches)
+        lr = learning_rate(t, pos.iteration, total, warming_up=warmup.active)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            logits = forward(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        pos.iteration += 1
+        if pos.iteration % t.grad_norm_every == 0:
+            _add_grad_norms(window, parts)
+        optimizer.step()
+        wrong = (logits.argmax(1) != y).sum()
+        window.add(loss.detach(), wrong, y.numel())
+
+        if warmup.active:
+            warm_wrong += wrong
+            if warmup.needs_check(t, pos.iteration):
+                window_error = warm_wrong.item() / (t.warmup.check_every * t.batch_size)
+                warmup.update(t, pos.iteration, window_error)
+                warm_wrong.zero_()
+        diverged = pos.iteration % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(window.loss).item()
+        at_eval = pos.iteration % eval_every == 0 or pos.iteration == total
+        if not (at_eval or diverged):
+            continue
+
+        _sync(device)
+        window.train_seconds += time.perf_counter() - tick
+        metrics = _window_metrics(window, pos, batches_per_epoch, lr, started)
+        if diverged or not math.isfinite(metrics["train_loss"]):
+            metrics["status"] = "diverged"
+            pos.history.append(metrics)
+            report(metrics)
+            return TrainResult("diverged", pos.history)
+        metrics |= _evaluate(forward, model, val_data, test_data, t.eval_batch_size, autocast)
+        metrics["status"] = "running"
+        if pos.iteration == total:
+            responses = layer_responses(model, test_data or val_data, t.eval_batch_size, autocast)
+            metrics |= {"status": "finished", "layer_responses": responses}
+        pos.history.append(metrics)
+        pos.wall_time = time.perf_counter() - started
+        if checkpoint_dir is not None:
+            _save_checkpoint(Path(checkpoint_dir), model, optimizer, pos, warmup)
+        report(metrics)
+        window.reset()
+        model.train()
+        tick = time.perf_counter()
+
+    final = pos.history[-1] if pos.history else {}
+    return TrainResult("finished", pos.history, final.get("layer_responses"))
+
+
+# -- pieces of the loop ---------------------------------------------------------------------------
+
+
+def _device_splits(splits: Splits, device: torch.device, channels_last: bool):
+    def put(x, y):
+        if x is None or len(x) == 0:
+            return None
+        return DeviceData(x, y, mean=splits.mean, std=splits.std, device=device, channels_last=channels_last)
+
+    return put(splits.train_x, splits.train_y), put(splits.val_x, splits.val_y), put(splits.test_x, splits.test_y)
+
+
+def _epoch_batches(
+    data: DeviceData, batch_size: int, generator: torch.Generator, augment: bool, pos: _Position
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches, epoch after epoch; keeps ``pos`` able to replay the current epoch on resume."""
+    if pos.epoch_rng is not None:  # resuming: replay the interrupted epoch from its start
+        generator.set_state(pos.epoch_rng)
+    skip = pos.batch_in_epoch
+    while True:
+        pos.epoch_rng = generator.get_state()
+        for x, y in islice(data.train_batches(batch_size, generator, augment=augment), skip, None):
+            pos.batch_in_epoch += 1
+            yield x, y
+        pos.epoch += 1
+        pos.batch_in_epoch, skip = 0, 0
+
+
+def _add_grad_norms(window: _Window, parts: dict[str, torch.nn.Module]) -> None:
+    for name, module in parts.items():
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if grads:
+            window.grad_norms[name] += torch.nn.utils.get_total_norm(grads).double()
+    window.grad_samples += 1
+
+
+def _window_metrics(window: _Window, pos: _Position, batches_per_epoch: int, lr: float, started: float) -> dict:
+    images = max(window.images, 1)
+    metrics = {
+        "iteration": pos.iteration,
+        "epoch": pos.iteration / batches_per_epoch,
+        "train_loss": window.loss.item() / images,
+        "train_error": window.wrong.item() / images,
+        "lr": lr,
+        "images_per_s": window.images / max(window.train_seconds, 1e-9),
+        "wall_time": time.perf_counter() - started,
+    }
+    for name, total in window.grad_norms.items():
+        metrics[f"grad_norm/{name}"] = total.item() / max(window.grad_samples, 1)
+    return metrics
+
+
+@torch.no_grad()
+def _evaluate(forward, model, val_data, test_data, batch_size, autocast) -> dict[str, float]:
+    model.eval()
+    out = {}
+    for key, data in (("val_error", val_data), ("test_error", test_data)):
+        if data is None:
+            continue
+        wrong = torch.zeros((), dtype=torch.float64, device=data.device)
+        for x, y in data.eval_batches(batch_size):
+            with autocast:
+                wrong += (forward(x).argmax(1) != y).sum()
+        out[key] = wrong.item() / len(data)
+    return out
+
+
+@torch.no_grad()
+def layer_responses(model, data: DeviceData | None, batch_size: int, autocast=nullcontext()) -> dict[str, list]:
+    """Fig. 7: the standard deviation of every 3x3 layer's response over ``data``, in network order.
+
+    The response is the output of the modules ``model.response_modules()`` names (after BN, before the
+    addition and the nonlinearity, paper sec. 4.2); the std is over all its elements, accumulated in float64.
+    """
+    if data is None:
+        return {"names": [], "std": []}
+    named = model.response_modules()
+    sums = torch.zeros(len(named), 3, dtype=torch.float64, device=data.device)  # count, sum, sum of squares
+
+    def hook(index):
+        def record(_module, _inputs, output):
+            out = output.detach().double()
+            sums[index] += torch.stack([out.new_tensor(out.numel()), out.sum(), out.square().sum()])
+
+        return record
+
+    handles = [module.register_forward_hook(hook(i)) for i, (_, module) in enumerate(named)]
+    model.eval()
+    try:
+        for x, _ in data.eval_batches(batch_size):
+            with autocast:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    count, total, squares = sums.unbind(1)
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return {"names": [name for name, _ in named], "std": std.tolist()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def _save_checkpoint(directory: Path, model, optimizer, pos: _Position, warmup: PaperWarmup) -> None:
+    """Write ``checkpoint.pt`` atomically (temp file + rename): a crash never leaves half a checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "position": {k: v for k, v in vars(pos).items()},
+        "warmup": warmup.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(directory / CHECKPOINT_FILE)
+
+
+def _load_checkpoint(directory: Path, model, optimizer, generator) -> tuple[_Position, PaperWarmup]:
+    path = directory / CHECKPOINT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {directory} to resume from")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    pos = _Position(**state["position"])
+    if pos.epoch_rng is not None:
+        generator.set_state(pos.epoch_rng)
+    return pos, PaperWarmup.from_state(state["warmup"])
