@@ -1,0 +1,33 @@
+"""The CIFAR ResNet design space (He et al. 2015 sec. 4.2; 2016), its registry, parameter and MAC counts.
+
+Example::
+
+    >>> from ablate.models import count_params, create_model, list_models, model_spec
+    >>> model = create_model("resnet20", in_channels=1, num_classes=10)
+    >>> count_params(model_spec("resnet20")), len(list_models("resnet20*"))
+    (269722, 3)
+"""
+
+from ablate.models.counting import count_macs, count_params
+from ablate.models.registry import (
+    create_model,
+    list_models,
+    model_spec,
+    register_model,
+    registry_name,
+    spec_for_depth,
+)
+from ablate.models.resnet import CifarResNet, build_model
+
+__all__ = [
+    "CifarResNet",
+    "build_model",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "model_spec",
+    "register_model",
+    "registry_name",
+    "spec_for_depth",
+]

@@ -1,0 +1,322 @@
+"""The ResNet design space: exact counts against REFERENCE.md, every unit type x shortcut option,
+the operation order of each unit, the registry, and the errors a user sees."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ablate.config import LAYERS_PER_UNIT, ModelSpec
+from ablate.models import (
+    CifarResNet,
+    build_model,
+    count_macs,
+    count_params,
+    create_model,
+    list_models,
+    model_spec,
+    register_model,
+    registry_name,
+    spec_for_depth,
+)
+from ablate.models.blocks import BasicBlock, PreActBlock, Projection, ZeroPadShortcut
+
+BLOCK_TYPES = list(LAYERS_PER_UNIT)
+SHORTCUTS = ["A", "B", "C", "none"]
+
+# REFERENCE.md, "Exact counts": option A, basic units; a plain net has its residual-A twin's count.
+PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+PAPER_MACS = {20: 40_551_040, 56: 125_485_696, 110: 252_887_680, 1202: 2_829_238_912}
+
+# The registered names the project relies on (study files and `ablate models` refer to them).
+PROMISED_MODELS = {
+    *(f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)),
+    *(f"plain{d}" for d in (20, 32, 44, 56, 110)),
+    "resnet20_b", "resnet20_c", "resnet56_b", "resnet56_c",
+    "resnet164", "resnet1001", "preact_resnet110", "preact_resnet164", "preact_resnet1001",
+}  # fmt: skip
+
+
+@functools.cache
+def meta_model(name: str) -> CifarResNet:
+    """A registered model built on the meta device (shapes only), once per test session."""
+    with torch.device("meta"):
+        return create_model(name)
+
+
+# -- exact counts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", PAPER_PARAMS)
+def test_counts_match_reference(depth):
+    """Counted from the spec on the meta device (no forward pass of real weights, even for 1202)."""
+    spec = model_spec(f"resnet{depth}")
+    assert count_params(spec) == PAPER_PARAMS[depth]
+    if depth in PAPER_MACS:
+        assert count_macs(spec) == PAPER_MACS[depth]
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+def test_plain_net_has_exactly_the_parameters_of_residual_a(depth):
+    assert count_params(model_spec(f"plain{depth}")) == PAPER_PARAMS[depth]
+
+
+def test_macs_of_a_grayscale_28px_resnet20_by_hand():
+    """Maps of 28, 14, 7 pixels; per-pixel weights of each conv summed by stage, plus FC 64 x 10.
+
+    stem 28^2 x (1*9*16) = 112,896; stage 1 28^2 x 6 x 2,304 = 10,838,016;
+    stage 2 14^2 x (4,608 + 5 x 9,216) = 9,934,848; stage 3 7^2 x (18,432 + 5 x 36,864) = 9,934,848.
+    """
+    expected = 112_896 + 10_838_016 + 9_934_848 + 9_934_848 + 640
+    assert count_macs(ModelSpec(n=3), in_channels=1, image_size=28) == expected
+
+
+def test_projection_shortcuts_add_exactly_the_projection_weights():
+    """ResNet-20 by hand. B projects only where the shape changes: 16->32 (1x1 conv 512 + BN 64)
+    and 32->64 (2,048 + 128): 2,752 parameters, and 16^2 x 512 + 8^2 x 2,048 = 262,144 MACs.
+    C projects all nine shortcuts: stage 1 3 x (256 + 32) = 864; stage 2 576 + 2 x (1,024 + 64) = 2,752;
+    stage 3 2,176 + 2 x (4,096 + 128) = 10,624; together 14,240."""
+    base = model_spec("resnet20")
+    assert count_params(model_spec("resnet20_b")) - count_params(base) == 2_752
+    assert count_params(model_spec("resnet20_c")) - count_params(base) == 14_240
+    assert count_macs(model_spec("resnet20_b")) - count_macs(base) == 262_144
+
+
+def test_counting_a_built_model_agrees_and_leaves_it_untouched():
+    model = create_model("resnet20").train()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    assert count_params(model) == PAPER_PARAMS[20]
+    assert count_macs(model) == PAPER_MACS[20]
+    assert model.training
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+
+
+# -- every unit type x every shortcut option -----------------------------------------------------
+
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+@pytest.mark.parametrize("shortcut", SHORTCUTS)
+@pytest.mark.parametrize(("in_channels", "size", "classes"), [(3, 32, 10), (1, 28, 100)])
+def test_forward_backward(block, shortcut, in_channels, size, classes):
+    """One real step; the real forward's FLOPs (PyTorch's own counter) also check count_macs."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(block=block, n=1, shortcut=shortcut), in_channels=in_channels, num_classes=classes)
+    with FlopCounterMode(display=False) as flops:
+        logits = model(torch.randn(2, in_channels, size, size))
+    assert logits.shape == (2, classes)
+    assert flops.get_total_flops() == 2 * 2 * count_macs(model, image_size=size)  # 2 images, 2 FLOPs per MAC
+    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+@pytest.mark.parametrize("shortcut", SHORTCUTS)
+def test_shortcut_modules_follow_the_option(block, shortcut):
+    """A: zero-pad where the shape changes; B: project there; C: project everywhere; none: no shortcut.
+    The shape changes in the first unit of stages 2 and 3, and of stage 1 for bottleneck units (16 -> 64)."""
+    with torch.device("meta"):
+        model = build_model(ModelSpec(block=block, n=2, shortcut=shortcut))
+    for i, stage in enumerate(model.stages):
+        for j, unit in enumerate(stage):
+            reshapes = j == 0 and (i > 0 or block.endswith("bottleneck"))
+            expected = {
+                "A": ZeroPadShortcut if reshapes else nn.Identity,
+                "B": Projection if reshapes else nn.Identity,
+                "C": Projection,
+                "none": type(None),
+            }[shortcut]
+            assert type(unit.shortcut) is expected, (i, j)
+
+
+def test_zero_pad_shortcut_subsamples_and_appends_zero_channels():
+    x = torch.randn(2, 16, 8, 8)
+    out = ZeroPadShortcut(16, 32, stride=2)(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, :16], x[:, :, ::2, ::2])
+    assert not out[:, 16:].any()
+
+
+def _silence(*modules: nn.Module) -> None:
+    """Zero the weights (and biases) of ``modules``: their output becomes exactly 0."""
+    for module in modules:
+        for p in module.parameters():
+            nn.init.zeros_(p)
+
+
+def test_basic_unit_applies_relu_after_the_addition():
+    x = torch.randn(2, 16, 8, 8)  # negative entries included
+    unit = BasicBlock(16, 16, shortcut=nn.Identity())
+    _silence(unit.bn2)  # residual branch = 0
+    assert torch.equal(unit(x), F.relu(x))
+    plain = BasicBlock(16, 16, shortcut=None)
+    _silence(plain.bn2)
+    assert not plain(x).any()  # no addition: ReLU(0)
+
+
+def test_preact_unit_has_nothing_after_the_addition():
+    x = torch.randn(2, 16, 8, 8)
+    unit = PreActBlock(16, 16, shortcut=nn.Identity())
+    _silence(unit.conv2)
+    assert torch.equal(unit(x), x)  # negative values survive: no ReLU after the addition
+    plain = PreActBlock(16, 16, shortcut=None)
+    _silence(plain.conv2)
+    assert not plain(x).any()
+
+
+def test_preact_projection_reads_the_preactivated_input():
+    x = torch.randn(2, 16, 8, 8)
+    unit = PreActBlock(16, 32, stride=2, shortcut=Projection(16, 32, stride=2))
+    _silence(unit.conv2)
+    assert torch.equal(unit(x), unit.shortcut(F.relu(unit.bn1(x))))
+
+
+def test_preact_nets_have_a_bare_stem_and_a_bn_relu_head():
+    with torch.device("meta"):
+        post, pre = build_model(ModelSpec(block="basic")), build_model(ModelSpec(block="preact"))
+    assert list(post.stem) == [post.stem.conv, post.stem.bn, post.stem.relu]
+    assert list(pre.stem) == [pre.stem.conv]
+    assert [type(m) for m in pre.head][:2] == [nn.BatchNorm2d, nn.ReLU]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in post.head)
+
+
+def test_he_initialisation():
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    conv = model.stages[2][1].conv2  # 64 -> 64, 3x3: 36,864 weights
+    expected_std = math.sqrt(2.0 / (64 * 3 * 3))  # Kaiming normal, fan_out, ReLU gain
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.03)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert torch.equal(module.weight, torch.ones_like(module.weight))
+            assert not module.bias.any()
+
+
+# -- over the registry ---------------------------------------------------------------------------
+
+
+def test_registry_holds_the_promised_models():
+    assert PROMISED_MODELS <= set(list_models())
+    assert list_models("resnet20*") == ["resnet20", "resnet20_b", "resnet20_c"]
+    assert set(list_models("preact_*")) == {"preact_resnet110", "preact_resnet164", "preact_resnet1001"}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_name_is_the_paper_name(name):
+    spec = model_spec(name)
+    assert registry_name(spec) == name
+    assert model_spec(spec.name) == spec  # "resnet56-B" finds resnet56_b
+    assert spec.depth == int(re.search(r"\d+", name).group())
+    assert (spec.name == name) == ("-" not in spec.name)  # only the option variants (resnet56-B) differ
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_weighted_layers_equal_the_depth(name):
+    """Convs on the main path (projections are not counted, as in the paper) plus the FC layer."""
+    model = meta_model(name)
+    projections = {id(m) for p in model.modules() if isinstance(p, Projection) for m in p.modules()}
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in projections]
+    assert len(layers) == model.spec.depth
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_response_modules(name):
+    """One per 3x3 layer, stem included: 6n + 1 for basic units, 3n + 1 for bottleneck units."""
+    model = meta_model(name)
+    responses = model.response_modules()
+    per_unit = 2 if model.spec.block in ("basic", "preact") else 1
+    assert len(responses) == 3 * per_unit * model.spec.n + 1
+    three_by_three = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(three_by_three) == len(responses)
+    for name_, module in responses:
+        assert model.get_submodule(name_) is module
+        if model.preactivation:
+            assert module.kernel_size == (3, 3)
+        else:  # the BN right after a 3x3 conv: stem.bn <- stem.conv, stages.i.j.bnK <- stages.i.j.convK
+            assert isinstance(module, nn.BatchNorm2d)
+            assert model.get_submodule(name_.replace("bn", "conv")).kernel_size == (3, 3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parts_partition_the_parameters(name):
+    model = meta_model(name)
+    parts = model.parts()
+    assert list(parts) == ["stem", "stage1", "stage2", "stage3", "head"]
+    assert sum(count_params(part) for part in parts.values()) == count_params(model)
+
+
+def test_bottleneck_nets_match_the_2016_paper_sizes():
+    """He et al. 2016, Table 2: ResNet-164 1.7M and ResNet-1001 10.2M parameters (rounded)."""
+    assert count_params(meta_model("resnet164")) / 1e6 == pytest.approx(1.7, abs=0.05)
+    assert count_params(meta_model("preact_resnet1001")) / 1e6 == pytest.approx(10.2, abs=0.15)
+
+
+# -- creating models and specs -------------------------------------------------------------------
+
+
+def test_spec_for_depth():
+    assert spec_for_depth(110) == ModelSpec(n=18)
+    assert spec_for_depth(164, block="bottleneck", shortcut="B") == ModelSpec(block="bottleneck", n=18, shortcut="B")
+    assert spec_for_depth(20, block="preact", width_mult=2.0).width == 32
+
+
+def test_create_model_applies_spec_overrides():
+    with torch.device("meta"):
+        model = create_model("resnet20", in_channels=1, num_classes=100, width_mult=0.5)
+    assert model.spec == ModelSpec(n=3, width_mult=0.5)
+    assert model.stem.conv.in_channels == 1 and model.stem.conv.out_channels == 8
+    assert model.head.fc.out_features == 100
+
+
+# -- errors a user can act on --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: model_spec("resnet21"), r"unknown model 'resnet21'; close matches: .*resnet20"),
+        (lambda: create_model("vgg16"), r"unknown model 'vgg16'.*resnet20"),
+        (lambda: spec_for_depth(21), r"depth 21 .* 6n\+2 .*nearest valid depths: 20, 26"),
+        (lambda: spec_for_depth(21, block="bottleneck"), r"9n\+2 .*nearest valid depths: 20, 29"),
+        (lambda: spec_for_depth(3), r"nearest valid depths: 8, 14"),
+        (lambda: spec_for_depth(20, block="wide"), r"unknown block 'wide'; allowed: basic, preact, bottleneck, preact_bottleneck"),
+        (lambda: spec_for_depth(20, n=3), r"not both"),
+        (lambda: spec_for_depth(20, shortcut="D"), r"spec_for_depth\(20\): shortcut"),
+        (lambda: create_model("resnet20", shortcut="D"), r"create_model\('resnet20'\): shortcut"),
+        (lambda: build_model(ModelSpec(), in_channels=0), r"in_channels must be at least 1 .*got 0"),
+        (lambda: build_model(ModelSpec(), num_classes=1), r"num_classes must be at least 2, got 1"),
+        (lambda: count_macs(ModelSpec(), image_size=3), r"3x3 pixels is too small.*at least 4"),
+    ],
+)
+def test_unsupported_input_raises_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_too_small_images_are_refused_in_forward():
+    model = create_model("resnet20", num_classes=10)
+    assert model(torch.randn(2, 3, 4, 4)).shape == (2, 10)  # 4 -> 2 -> 1 still works
+    assert count_macs(model, image_size=4) == count_macs(ModelSpec(n=3), image_size=4) > 0
+    with pytest.raises(ValueError, match="3x4 pixels is too small"):
+        model(torch.randn(2, 3, 3, 4))
+
+
+def test_register_model_refuses_a_name_that_is_not_the_spec_name():
+    def resnet21() -> ModelSpec:
+        return ModelSpec(n=3)
+
+    def resnet20() -> ModelSpec:
+        return ModelSpec(n=3)
+
+    with pytest.raises(ValueError, match="register it as 'resnet20'"):
+        register_model(resnet21)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(resnet20)
+    assert "resnet21" not in list_models()
