@@ -239,12 +239,14 @@ def train(
 
 
 def _device_splits(splits: Splits, device: torch.device, channels_last: bool):
-    def put(x, y):
+    def put(x, y, pad):
         if x is None or len(x) == 0:
             return None
-        return DeviceData(x, y, mean=splits.mean, std=splits.std, device=device, channels_last=channels_last)
+        return DeviceData(x, y, mean=splits.mean, std=splits.std, device=device, channels_last=channels_last, pad=pad)
 
-    return put(splits.train_x, splits.train_y), put(splits.val_x, splits.val_y), put(splits.test_x, splits.test_y)
+    # only the training split is augmented, so only it is kept padded for random crops
+    return (put(splits.train_x, splits.train_y, 4), put(splits.val_x, splits.val_y, 0),
+            put(splits.test_x, splits.test_y, 0))
 
 
 def _epoch_batches(
