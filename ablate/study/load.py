@@ -1,0 +1,300 @@
+"""``load_study``: a study file (plus overrides) checked completely before anything runs.
+
+Order: read the YAML -> apply the overrides -> read the includes -> check the schema (types, unknown
+keys) -> check the axes against :class:`~ablate.config.TrainConfig` (keys exist, values pass its
+validation, nothing set twice) -> check the constraints -> check what the search method needs ->
+expand a grid (every config validated; empty after constraints; within the budget).
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, ValidationError
+
+from ablate.config import ConfigError, TrainConfig, flatten, unflatten, with_overrides
+from ablate.study.core import Axis, Study
+from ablate.study.files import apply_overrides, read_yaml, resolve_space
+from ablate.study.plan import train_iterations
+from ablate.study.schema import (
+    SAMPLED_METHODS,
+    Constraints,
+    Origin,
+    Range,
+    SetRule,
+    StudyError,
+    StudyFile,
+    format_errors,
+)
+
+__all__ = ["load_study"]
+
+SECTIONS = ("model", "data", "trainer")
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
+    """Read, check and expand a study file; StudyError (a ValueError) names the file, key path and what is allowed.
+
+    ``overrides`` are ``"key.path=value"`` strings, the value parsed as YAML: ``"trainer.epochs=2"``,
+    ``"seeds=[0,1]"``, ``"space.model.n=[3,5]"``, ``"search.method=random"``.
+
+    Example::
+
+        >>> study = load_study("studies/quickstart.yaml", ["trainer.iterations=20"])
+        >>> len(study.trials()), study.trials()[0].config.trainer.iterations
+        (4, 20)
+    """
+    path = Path(path)
+    file = str(path)
+    doc, applied = apply_overrides(read_yaml(path, file), list(overrides), file)
+    origin = Origin(file, applied)
+    doc["space"], written = resolve_space(doc.get("space"), path, origin)
+    try:
+        spec = StudyFile.model_validate(doc)
+    except ValidationError as err:
+        raise format_errors(err, origin, root=StudyFile) from None
+    base = TrainConfig(model=spec.model, data=spec.data, trainer=spec.trainer)
+    fixed = set(flatten({section: doc.get(section) or {} for section in SECTIONS}))
+    axes = tuple(_axis(key, domain, base, fixed, written[key], origin) for key, domain in spec.space.items())
+    _check_overlaps(axes, written, origin)
+    constraints = _constraints(spec.constraints, base, axes, origin)
+    _check_method(spec, axes, written, origin)
+    study = Study(
+        name=spec.name, question=spec.question.strip(), path=path, base=base, axes=axes, seeds=tuple(spec.seeds),
+        search=spec.search, constraints=constraints, resources=spec.resources, max_concurrent=spec.max_concurrent,
+        metric=spec.metric, early_stopping=spec.early_stopping, overrides=tuple(overrides), document=doc,
+        origin=origin,
+    )
+    if not study.sampled:
+        study = replace(study, _grid=study._expand())
+    _check_budget(study, origin)
+    return study
+
+
+# -- axes ------------------------------------------------------------------------------------------
+
+
+def _axis(key: str, domain: Any, base: TrainConfig, fixed: set[str], written: tuple[str, str], origin: Origin) -> Axis:
+    """One axis: key checked, values validated against the base config, range checked, nothing set twice."""
+    file, where = written
+    fail = _failer(origin, file)
+    _check_key(key, where, fail, leaf_only=False)
+    if isinstance(domain, list):
+        if not domain:
+            fail(where, "an axis needs at least one value")
+        values = tuple(_normalise(base, key, value, f"{file}: {where}[{i}]") for i, value in enumerate(domain))
+        repeated = [repr(v) for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            fail(where, f"each value may appear once; repeated: {', '.join(repeated)}")
+        axis = Axis(key, values=values)
+    elif isinstance(domain, dict) and {"low", "high"} & set(domain):
+        axis = _range_axis(key, domain, base, where, file, origin)
+    else:
+        section = key.split(".")[0]
+        fail(where, f"an axis is a list of values or {{low, high, log}} (got {domain!r}); "
+                    f"to fix a value, set it under `{section}:` instead")
+    clash = sorted(_leaves(axis) & fixed)
+    if clash:
+        problem = (f"{', '.join(clash)} is also fixed under `{clash[0].split('.')[0]}:`; set it in one place "
+                   f"(to fix an axis from the command line, give it one value: space.{key}=[...])")
+        if origin.source(clash[0]) != origin.file:  # fixed by an override
+            raise StudyError(f"{origin.source(clash[0])}: {where}: {problem}")
+        fail(where, problem)
+    return axis
+
+
+def _range_axis(key: str, domain: dict, base: TrainConfig, where: str, file: str, origin: Origin) -> Axis:
+    """A sampled axis: bounds ordered, positive for log, whole for int fields, both accepted by the config."""
+    fail = _failer(origin, file)
+    try:
+        domain = Range.model_validate(domain)
+    except ValidationError as err:
+        raise format_errors(err, Origin(file), root=Range, prefix=f"{where}.") from None  # file names any override
+    kind = _numeric_kind(key)
+    if kind is None:
+        fail(where, "a {low, high} range needs a numeric (int or float) key; give a list of values instead")
+    if domain.low >= domain.high:
+        fail(where, f"low must be below high (got low={domain.low}, high={domain.high})")
+    if domain.log and domain.low <= 0:
+        fail(where, f"a log range needs low > 0 (got {domain.low})")
+    integer = kind is int
+    if integer and not (domain.low.is_integer() and domain.high.is_integer()):
+        fail(where, f"{key} is an integer: low and high must be whole numbers (got {domain.low}, {domain.high})")
+    for bound in ("low", "high"):
+        value = getattr(domain, bound)
+        _normalise(base, key, int(value) if integer else value, f"{file}: {where}.{bound}")
+    low, high = (int(domain.low), int(domain.high)) if integer else (domain.low, domain.high)
+    return Axis(key, low=low, high=high, log=domain.log, integer=integer)
+
+
+def _check_overlaps(axes: tuple[Axis, ...], written: dict[str, tuple[str, str]], origin: Origin) -> None:
+    """No two axes set the same key, or one a key inside the other's section."""
+    for i, axis in enumerate(axes):
+        for other in axes[:i]:
+            nested = axis.key.startswith(other.key + ".") or other.key.startswith(axis.key + ".")
+            if nested or _leaves(axis) & _leaves(other):
+                file, where = written[axis.key]
+                other_file = written[other.key][0]
+                shown = other.key if other_file == file else f"{other.key} ({other_file})"
+                problem = f"overlaps the axis {shown}; an axis may not set a key inside another"
+                raise _error(origin, file, where, problem)
+
+
+def _leaves(axis: Axis) -> set[str]:
+    """The leaf config keys an axis sets: its key, or the keys inside its dict values."""
+    dicts = [v for v in axis.values or () if isinstance(v, dict)]
+    return {f"{axis.key}.{k}" for v in dicts for k in flatten(v)} if dicts else {axis.key}
+
+
+# -- constraints -----------------------------------------------------------------------------------
+
+
+def _constraints(constraints: Constraints, base: TrainConfig, axes: tuple[Axis, ...], origin: Origin) -> Constraints:
+    """Keys checked (leaf TrainConfig keys; ``then`` not on an axis), values validated and normalised."""
+    fail = _failer(origin, origin.file)
+    axis_leaves = set().union(*(_leaves(axis) for axis in axes)) if axes else set()
+
+    def checked(entry: dict[str, Any], where: str, *, any_of: bool) -> dict[str, Any]:
+        out = {}
+        for key, want in entry.items():
+            _check_key(key, f"{where}.{key}", fail, leaf_only=True)
+            source = f"{origin.source(where)}: {where}.{key}"
+            if any_of and isinstance(want, list):
+                out[key] = [_normalise(base, key, v, f"{source}[{i}]") for i, v in enumerate(want)]
+            else:
+                out[key] = _normalise(base, key, want, source)
+        return out
+
+    exclude = [checked(entry, f"constraints.exclude[{i}]", any_of=True) for i, entry in enumerate(constraints.exclude)]
+    for i, entry in enumerate(constraints.exclude):
+        if not entry:
+            fail(f"constraints.exclude[{i}]", "an empty entry would exclude every trial; name the keys to match")
+    rules = []
+    for i, rule in enumerate(constraints.set):
+        where = f"constraints.set[{i}]"
+        then = checked(rule.then, f"{where}.then", any_of=False)
+        on_axis = sorted(k for k in then if k in axis_leaves or any(k.startswith(a.key + ".") for a in axes))
+        if on_axis:
+            fail(f"{where}.then", f"{', '.join(on_axis)} is an axis of the space; a rule may only set other keys "
+                                  "(drop the unwanted combinations with constraints.exclude instead)")
+        rules.append(SetRule(when=checked(rule.when, f"{where}.when", any_of=True), then=then))
+    return Constraints(exclude=exclude, set=rules)
+
+
+# -- method and budget -----------------------------------------------------------------------------
+
+
+def _check_method(spec: StudyFile, axes: tuple[Axis, ...], written: dict[str, tuple[str, str]], origin: Origin):
+    """What the method needs: a grid lists values, a sampled search has num_samples and axes; val_error a split."""
+    if spec.metric.name == "val_error" and spec.data.val_size == 0:
+        raise origin.error("metric.name", "val_error needs a validation split: set data.val_size above 0")
+    method = spec.search.method
+    if method == "grid":
+        if spec.search.num_samples is not None:
+            raise origin.error("search.num_samples", "only for search.method tpe or random; a grid runs every point")
+        for axis in axes:
+            if not axis.categorical:
+                file, where = written[axis.key]
+                raise _error(origin, file, where, "a grid needs a list of values; {low, high} ranges are for "
+                                                  f"search.method {' or '.join(SAMPLED_METHODS)}")
+        return
+    if spec.search.num_samples is None:
+        raise origin.error("search.num_samples", f"required for search.method {method}: how many points to sample")
+    if not axes:
+        raise origin.error("space", f"search.method {method} needs at least one axis to sample")
+
+
+def _check_budget(study: Study, origin: Origin) -> None:
+    """At most ``search.max_trials`` trials; an ASHA grace period shorter than the longest trial."""
+    budget = study.search.max_trials
+    if budget is not None and study.num_trials > budget:
+        configs = study.search.num_samples if study.sampled else study.num_trials // len(study.seeds)
+        what = "samples" if study.sampled else "configurations"
+        raise origin.error(
+            "search.max_trials", f"the study would start {study.num_trials} trials ({configs} {what} x "
+                                 f"{len(study.seeds)} seed(s)), more than max_trials {budget}; raise it "
+                                 "(e.g. --set search.max_trials=N), or narrow the space or the seeds"
+        )
+    if study.early_stopping is not None:
+        grace = study.early_stopping.grace_period
+        longest = max(train_iterations(c) for c in [study.base, *(t.config for t in study._grid)])
+        if grace >= longest:
+            raise origin.error(
+                "early_stopping.grace_period",
+                f"{grace} iterations is not shorter than the longest trial ({longest} iterations): "
+                "nothing would stop early",
+            )
+
+
+# -- keys and values -------------------------------------------------------------------------------
+
+
+@cache
+def _config_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """(leaf keys, section keys) of TrainConfig, seed excluded: ``model.n``, ...; ``trainer.warmup``, ..."""
+    leaves = frozenset(flatten(TrainConfig())) - {"seed"}
+    sections = frozenset(key.rsplit(".", depth)[0] for key in leaves for depth in range(1, key.count(".") + 1))
+    return leaves, sections
+
+
+def _check_key(key: str, where: str, fail: Callable[[str, str], NoReturn], *, leaf_only: bool) -> None:
+    """``key`` names a TrainConfig field (or, unless ``leaf_only``, a section of fields); not the seed."""
+    leaves, sections = _config_keys()
+    if key in leaves or (key in sections and not leaf_only):
+        return
+    if key == "seed":
+        fail(where, "the seed is not an axis; list the replicates under `seeds:`")
+    if key in sections:
+        inside = sorted(k for k in leaves if k.startswith(key + "."))
+        fail(where, f"{key} is a section; match one of its keys: {', '.join(inside)}")
+    close = difflib.get_close_matches(key, sorted(leaves | sections), n=1, cutoff=0.7)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    parent = max((s for s in sections if key.startswith(s + ".")), key=len, default=None)
+    if parent:
+        children = sorted({k.removeprefix(parent + ".").split(".")[0] for k in leaves if k.startswith(parent + ".")})
+        allowed = f"{parent} has: {', '.join(children)}"
+    else:
+        allowed = "keys are model.*, data.* or trainer.*, as in ablate/config.py"
+    fail(where, f"{key!r} is not a TrainConfig key; {guess}({allowed})")
+
+
+def _numeric_kind(key: str) -> type | None:
+    """``int`` or ``float`` when the config field at ``key`` holds a number (``int | None`` counts), else None."""
+    model: type[BaseModel] = TrainConfig
+    *sections, leaf = key.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    annotation = model.model_fields[leaf].annotation
+    kinds = {annotation, *typing.get_args(annotation)} & {int, float}
+    return float if float in kinds else int if int in kinds else None
+
+
+def _normalise(base: TrainConfig, key: str, value: Any, source: str) -> Any:
+    """``value`` as the config holds it after validation (``"1e-4"`` -> 0.0001, a dict with its set keys)."""
+    try:
+        flat = flatten(with_overrides(base, {key: value}, source=source))
+    except ConfigError as err:
+        raise StudyError(str(err).replace("Value error, ", "")) from None
+    if isinstance(value, dict):
+        return unflatten({k: flat[f"{key}.{k}"] for k in flatten(value)})
+    return flat[key]
+
+
+def _error(origin: Origin, file: str, where: str, problem: str) -> StudyError:
+    """``file: where: problem``, naming the override too when the study file's key came from one."""
+    return origin.error(where, problem) if file == origin.file else StudyError(f"{file}: {where}: {problem}")
+
+
+def _failer(origin: Origin, file: str) -> Callable[[str, str], NoReturn]:
+    """``fail(where, problem)``: raise :func:`_error` for ``file``."""
+
+    def fail(where: str, problem: str) -> NoReturn:
+        raise _error(origin, file, where, problem)
+
+    return fail

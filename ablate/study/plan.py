@@ -1,0 +1,133 @@
+"""``plan``: what a study would run and what it costs, without training anything.
+
+Training cost of one trial: ``train_flops = 6 * macs * iterations * batch_size`` (2 FLOPs per
+multiply-accumulate, forward + backward ~ 3x forward). ResNet-110 with the paper's recipe (64k
+iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ablate.config import DataConfig, TrainConfig
+from ablate.study.core import Study, format_value
+
+__all__ = ["DataShape", "data_shape", "format_plan", "plan_rows", "train_iterations", "training_images"]
+
+
+class DataShape(NamedTuple):
+    """What a model and a run length need to know of a data set."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int  # height of the (square) images
+    train_images: int  # the training set before the validation split
+
+
+_NOMINAL = {
+    "cifar10": DataShape(3, 10, 32, 50_000),
+    "cifar100": DataShape(3, 100, 32, 50_000),
+    "fashion-mnist": DataShape(1, 10, 28, 60_000),
+}
+
+
+def data_shape(data: DataConfig) -> DataShape:
+    """The data set's nominal shape; synthetic data from its ``synthetic_*`` fields."""
+    if data.name == "synthetic":
+        channels, height, _width = data.synthetic_shape
+        return DataShape(channels, data.synthetic_classes, height, data.synthetic_train)
+    return _NOMINAL[data.name]
+
+
+def training_images(data: DataConfig) -> int:
+    """Images one epoch trains on: the training set less ``val_size``, capped at ``train_size``."""
+    remaining = data_shape(data).train_images - data.val_size
+    return min(remaining, data.train_size) if data.train_size else remaining
+
+
+def train_iterations(config: TrainConfig) -> int:
+    """Run length in iterations: ``trainer.iterations``, or epochs x full batches per epoch (drop_last)."""
+    trainer = config.trainer
+    if trainer.epochs is None:
+        return trainer.iterations
+    return trainer.epochs * (training_images(config.data) // trainer.batch_size)
+
+
+def plan_rows(study: Study) -> list[dict]:
+    """One row per trial: label, group, seed, params, macs, iterations, train_flops, then the axis values.
+
+    Axis values come under their dotted keys, followed by the keys the ``constraints.set`` rules set.
+    For a sampled study (tpe, random) there are no trials yet: one row per axis instead, with
+    ``axis``, ``domain``, ``method``, ``num_samples`` and ``seeds``.
+    """
+    if study.sampled:
+        return [
+            {"axis": axis.key, "domain": axis.describe(), "method": study.search.method,
+             "num_samples": study.search.num_samples, "seeds": len(study.seeds)}
+            for axis in study.axes
+        ]
+    from ablate.models import count_macs, count_params  # torch: only when counting
+
+    keys = [axis.key for axis in study.axes]
+    keys += [key for rule in study.constraints.set for key in rule.then if key not in keys]
+    costs: dict[str, tuple[int, int]] = {}  # group -> (params, macs)
+    rows = []
+    for trial in study.trials():
+        config = trial.config
+        shape = data_shape(config.data)
+        if trial.group not in costs:
+            dims = dict(in_channels=shape.in_channels, num_classes=shape.num_classes)
+            costs[trial.group] = (
+                count_params(config.model, **dims), count_macs(config.model, **dims, image_size=shape.image_size)
+            )
+        params, macs = costs[trial.group]
+        iterations = train_iterations(config)
+        values = config.model_dump()
+        rows.append({
+            "label": trial.label, "group": trial.group, "seed": trial.seed, "params": params, "macs": macs,
+            "iterations": iterations, "train_flops": 6 * macs * iterations * config.trainer.batch_size,
+            **{key: _lookup(values, key) for key in keys},
+        })
+    return rows
+
+
+def format_plan(rows: list[dict]) -> str:
+    """An aligned table of :func:`plan_rows` with totals (trials, configurations, PFLOP)."""
+    if rows and "axis" in rows[0]:
+        first = rows[0]
+        trials = first["num_samples"] * first["seeds"]
+        table = _table(["axis", "domain"], [[row["axis"], row["domain"]] for row in rows], right=set())
+        return (f"{table}\n{first['method']}: {first['num_samples']} samples x {first['seeds']} "
+                f"seed{'s' * (first['seeds'] != 1)} = {trials} trials")
+    fixed = ["label", "group", "seed", "params", "macs", "iterations", "train_flops"]
+    axes = [key for key in (rows[0] if rows else {}) if key not in fixed]
+    headers = ["label", "seed", "params", "MACs/image", "iterations", "train PFLOP", *axes, "group"]
+    body = [
+        [row["label"], row["seed"], f"{row['params']:,}", f"{row['macs'] / 1e6:,.1f}M", f"{row['iterations']:,}",
+         f"{row['train_flops'] / 1e15:.3g}", *(format_value(row[key]) for key in axes), row["group"]]
+        for row in rows
+    ]
+    table = _table(headers, body, right={1, 2, 3, 4, 5})
+    configs = len({row["group"] for row in rows})
+    seeds = len({row["seed"] for row in rows})
+    total = sum(row["train_flops"] for row in rows) / 1e15
+    return (f"{table}\n{len(rows)} trials ({configs} configuration{'s' * (configs != 1)} x {seeds} "
+            f"seed{'s' * (seeds != 1)}), {total:.3g} PFLOP of training")
+
+
+def _lookup(values: dict, key: str):
+    for part in key.split("."):
+        values = values[part]
+    return values
+
+
+def _table(headers: list[str], body: list[list], *, right: set[int]) -> str:
+    """Columns padded to their widest cell; the columns in ``right`` right-aligned."""
+    cells = [headers, *([str(cell) for cell in row] for row in body)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
