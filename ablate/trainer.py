@@ -103,11 +103,13 @@ class _Window:
         self.reset()
 
     def reset(self) -> None:
-        zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
-        self.loss, self.wrong, self.images = zero(), zero(), 0
-        self.grad_norms = {p: zero() for p in self.parts}
+        self.loss, self.wrong, self.images = self._zero(), self._zero(), 0
+        self.grad_norms = {p: self._zero() for p in self.parts}
         self.grad_samples = 0
         self.train_seconds = 0.0
+
+    def _zero(self) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float64, device=self.device)
 
     def add(self, loss: torch.Tensor, wrong: torch.Tensor, images: int) -> None:
         self.loss += loss.double() * images
@@ -144,9 +146,23 @@ def train(
     fast = speed_defaults(device)
     use_bf16 = fast if t.bf16 is None else t.bf16
     channels_last = fast if t.channels_last is None else t.channels_last
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
+    with _deterministic(t.deterministic):
+        return _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resume_from)
 
+
+@contextmanager
+def _deterministic(enabled: bool):
+    """torch.use_deterministic_algorithms for the run only, restoring the caller's setting after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or before)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resume_from) -> TrainResult:
+    t = config.trainer
     splits = load_dataset(config.data)
     torch.manual_seed(config.seed)  # initialisation; data order uses its own generator below
     model = build_model(config.model, in_channels=splits.in_channels, num_classes=splits.num_classes).to(device)

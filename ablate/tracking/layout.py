@@ -28,7 +28,7 @@ from pathlib import Path
 # tags
 TAG_STUDY = "ablate.study"  # study name, on parent and child runs
 TAG_ROLE = "ablate.role"  # "study" (parent) | "trial" (child)
-TAG_STATUS = "ablate.status"  # child: running | finished | diverged | failed; parent: running | finished | interrupted | failed
+TAG_STATUS = "ablate.status"  # child: see TRIAL_STATUSES; parent: see STUDY_STATUSES
 TAG_GROUP = "ablate.group"  # child: key of the configuration without its seed (replicates share it)
 TAG_LABEL = "ablate.label"  # child: short human label of the configuration, e.g. "resnet56-B"
 TAG_TRIAL = "ablate.trial_id"  # child: Ray Tune trial id
@@ -39,7 +39,7 @@ TAG_PARENT = "mlflow.parentRunId"  # set by MLflow for nested runs
 
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
-TRIAL_STATUSES = ("running", "finished", "diverged", "failed")
+TRIAL_STATUSES = ("running", "finished", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA
 STUDY_STATUSES = ("running", "finished", "interrupted", "failed")
 
 # metrics logged at each evaluation point (step = iteration)

@@ -1,0 +1,103 @@
+"""Reports: a study's MLflow records turned into the answer a researcher would write up, with the evidence beside it.
+
+Operation order of :func:`make_report`: read the study back from the tracking store
+(:func:`ablate.tracking.reader.load_study_records`) -> replicates to mean ± std per configuration
+(:mod:`.aggregate`) -> the diagnosis (:mod:`.diagnose`) -> Fig. 6 / Fig. 7 style PNGs (:mod:`.plots`)
+-> ``report.md`` and a self-contained ``report.html`` (:mod:`.document`, :mod:`.render`) in
+``out_dir/NAME/`` -> the folder logged as artifacts ``report/`` of the study's latest parent run.
+
+Example::
+
+    >>> from ablate.report import make_report
+    >>> report = make_report("shortcuts", tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
+    >>> print(report.summary)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ablate.report.aggregate import coupled_keys, summarize
+from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
+from ablate.report.document import document, format_counts, terminal_summary
+from ablate.report.plots import plot_curves, plot_layer_responses
+from ablate.report.render import text_table, to_html, to_markdown
+from ablate.tracking import layout
+from ablate.tracking.reader import UnknownStudyError, list_studies, load_study_records
+
+__all__ = ["Report", "UnknownStudyError", "format_studies", "list_studies", "make_report"]
+
+FIGURES = {"curves": "curves.png", "responses": "layer_responses.png"}  # key -> file name in the report folder
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where a report was written, and what the terminal should show."""
+
+    path: Path  # the report folder, out_dir/NAME
+    summary: str  # the terminal summary
+    files: tuple[Path, ...]  # report.md, report.html and the PNGs, all inside `path`
+    findings: tuple[Finding, ...]
+    logged_to: str | None  # the parent run holding the artifacts under report/; None when logging failed
+
+    @property
+    def html(self) -> Path:
+        return self.path / "report.html"
+
+
+def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: str | Path = "reports") -> Report:
+    """Write ``out_dir/study_name/{report.md, report.html, *.png}`` and log them to the study's latest parent run.
+
+    Reads only the tracking store (``tracking_uri``, default
+    :func:`ablate.tracking.layout.default_tracking_uri`); an unknown study raises
+    :class:`UnknownStudyError` listing the recorded ones.
+    """
+    uri = tracking_uri or layout.default_tracking_uri()
+    records = load_study_records(study_name, uri)
+    metric = comparison_metric(records.metric)
+    summaries = summarize(records, metrics=("train_error", "val_error", "test_error", metric))
+    tolerance = Tolerance()
+    findings = diagnose(summaries, metric=metric, tolerance=tolerance, study=records.study)
+
+    folder = Path(out_dir) / study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FIGURES.values():  # a figure from an earlier report must not outlive its data
+        (folder / name).unlink(missing_ok=True)
+    figures = {
+        "curves": plot_curves(summaries, folder / FIGURES["curves"], coupled=coupled_keys(records.study, "model.n")),
+        "responses": plot_layer_responses(summaries, folder / FIGURES["responses"]),
+    }
+    blocks = document(records, summaries, findings, figures, metric=metric, tolerance=tolerance)
+    markdown, page = folder / "report.md", folder / "report.html"
+    markdown.write_text(to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html(blocks, title=f"Study {study_name}"), encoding="utf-8")
+    files = (markdown, page, *(path for path in figures.values() if path is not None))
+
+    parent = records.latest_parent.run_id
+    try:
+        MlflowClient(uri).log_artifacts(parent, str(folder), artifact_path=layout.ARTIFACT_REPORT_DIR)
+        where = f"Report: {page} (also logged to run {parent} under {layout.ARTIFACT_REPORT_DIR}/)"
+        logged_to: str | None = parent
+    except (MlflowException, OSError) as err:
+        where = f"Report: {page} (not logged to run {parent}: {err})"
+        logged_to = None
+    summary = terminal_summary(records, summaries, findings, metric=metric, where=where)
+    return Report(folder, summary, files, tuple(findings), logged_to)
+
+
+def format_studies(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`list_studies` as a terminal table."""
+    if not rows:
+        return "No studies recorded yet."
+    header = ("study", "status", "invocations", "trials", "last start (UTC)")
+    lines = [
+        (r["name"], r["status"], str(r["parent_runs"]), format_counts(r["trials"]), f"{r['last_start']:%Y-%m-%d %H:%M}")
+        for r in rows
+    ]
+    return text_table(header, lines)

@@ -1,0 +1,241 @@
+"""The diagnosis: what each comparison in a study shows, computed from the numbers, and how firmly.
+
+**Depth pairs** (configurations differing only in ``model.n``), shallower S against deeper D, decided
+in this order:
+
+1. *degradation*: D's training error is clearly higher than S's. Deeper nets that fit their own
+   training set worse cannot be explained by overfitting: the degradation problem (He et al. 2015,
+   sec. 1 and 4.1, Fig. 1 and 6).
+2. *overfitting*: D's training error is as low or lower, but its test error is clearly higher: the
+   paper's reading of ResNet-1202 against ResNet-110 (sec. 4.2).
+3. *gain*: D's test error is clearly lower.
+4. *no clear difference* otherwise.
+
+**Shortcut and block comparisons** (configurations differing only in ``model.shortcut`` or
+``model.block``): every pair, on the study's error metric, with the difference set against the
+seed-to-seed spread. "Differing only in" allows the settings the study's own ``constraints.set``
+rules tie to the compared key (warm-up for n = 18, shortcut B for bottleneck blocks); the sentence
+names them.
+
+**When a difference is clear** (:class:`Tolerance`): it is at least ``min_points`` percentage points
+*and* at least ``min_spreads`` pooled standard deviations (the seeds' sample std, pooled over both
+configurations). Anything smaller is "no clear difference". With a single seed on both sides the
+spread is unknown: the verdict then rests on the size alone and is marked tentative. Two pooled std
+of a 3-vs-3 comparison is a Welch t of about 2.4: a deliberately cautious bar.
+
+All metrics compared here are error fractions (``*_error``), written as percentages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ablate.report.aggregate import ConfigSummary, Stat, comparison_sets, coupled_keys, describe
+
+__all__ = ["Difference", "Finding", "Tolerance", "comparison_metric", "diagnose"]
+
+DEPTH_VERDICTS = ("degradation", "overfitting", "gain", "no clear difference", "not enough data")
+AXIS_VERDICTS = ("clear difference", "no clear difference", "not enough data")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What counts as a clear difference between two configurations' mean errors."""
+
+    min_points: float = 0.5  # percentage points; smaller differences are "no clear difference"
+    min_spreads: float = 2.0  # pooled seed-to-seed std; smaller differences are within noise
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``b`` against ``a``, for one error metric: ``delta = b.mean - a.mean`` (a fraction)."""
+
+    a: Stat
+    b: Stat
+
+    @property
+    def delta(self) -> float:
+        return self.b.mean - self.a.mean
+
+    @property
+    def pooled_std(self) -> float | None:
+        """sqrt(((na-1) sa^2 + (nb-1) sb^2) / (na+nb-2)); None with one seed on both sides."""
+        dof = self.a.n + self.b.n - 2
+        if dof < 1:
+            return None
+        return math.sqrt(((self.a.n - 1) * (self.a.std or 0.0) ** 2 + (self.b.n - 1) * (self.b.std or 0.0) ** 2) / dof)
+
+    @property
+    def spreads(self) -> float | None:
+        """The difference in pooled std (inf when the seeds agree exactly); None when the spread is unknown."""
+        pooled = self.pooled_std
+        if pooled is None:
+            return None
+        if pooled == 0:
+            return 0.0 if self.delta == 0 else math.copysign(math.inf, self.delta)
+        return self.delta / pooled
+
+    def direction(self, tolerance: Tolerance) -> str:
+        """``"higher"`` / ``"lower"`` (b against a) when the difference is clear, else ``"same"``."""
+        if abs(100 * self.delta) < tolerance.min_points:
+            return "same"
+        if self.spreads is not None and abs(self.spreads) < tolerance.min_spreads:
+            return "same"
+        return "higher" if self.delta > 0 else "lower"
+
+    def evidence(self, tolerance: Tolerance) -> str:
+        """The numbers behind :meth:`direction`: ``"+4.20 pp, 21.0 pooled std, 3 vs 3 seeds"``."""
+        size = f"{100 * self.delta:+.2f} pp"
+        seeds = f"{self.a.n} vs {self.b.n} seeds"
+        spreads = self.spreads
+        if spreads is None:
+            spread = "spread unknown"
+        elif math.isinf(spreads):
+            spread = "the seeds agree exactly"
+        else:
+            spread = f"{abs(spreads):.1f} pooled std"
+        reason = ""
+        if self.direction(tolerance) == "same" and abs(100 * self.delta) < tolerance.min_points:
+            reason = f"; under {tolerance.min_points:g} pp"
+        elif self.direction(tolerance) == "same":
+            reason = f"; under {tolerance.min_spreads:g} pooled std"
+        return f"{size}, {spread}, {seeds}{reason}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One sentence of the diagnosis and the verdict it states."""
+
+    kind: str  # "depth" | "shortcut" | "block"
+    verdict: str  # one of DEPTH_VERDICTS (kind "depth") or AXIS_VERDICTS
+    labels: tuple[str, str]  # (reference, compared): (shallower, deeper) for depth pairs
+    tentative: bool  # one seed on both sides: the seed-to-seed spread is unknown
+    text: str
+
+
+def comparison_metric(metric: str | None) -> str:
+    """The study's metric when it is an error (``*_error``), else ``test_error``."""
+    return metric if metric and metric.endswith("_error") else "test_error"
+
+
+AXES = (("model.n", "depth"), ("model.shortcut", "shortcut"), ("model.block", "block"))  # axis -> Finding.kind
+
+
+def diagnose(
+    summaries: Sequence[ConfigSummary],
+    *,
+    metric: str = "test_error",
+    tolerance: Tolerance = Tolerance(),
+    study: Mapping[str, Any] | None = None,
+) -> list[Finding]:
+    """Depth pairs, then shortcut comparisons, then block comparisons, each as one :class:`Finding`.
+
+    ``study``: the recorded study file; keys its ``constraints.set`` rules tie to an axis do not keep
+    configurations apart along that axis (:func:`~ablate.report.aggregate.coupled_keys`).
+    """
+    findings = []
+    for axis, kind in AXES:
+        coupled = coupled_keys(study, axis)
+        for part in comparison_sets(summaries, axis, coupled=coupled):
+            for a, b in itertools.combinations(part, 2):
+                if kind == "depth":
+                    finding = _depth_finding(a, b, tolerance, coupled)
+                else:
+                    finding = _axis_finding(kind, axis, a, b, metric, tolerance, coupled)
+                findings.append(finding)
+    return findings
+
+
+_TENTATIVE = (
+    " Tentative: one seed per configuration, so the seed-to-seed spread is unknown and this rests on the size of"
+    " the differences alone."
+)
+
+
+def _caveats(a: ConfigSummary, b: ConfigSummary, tentative: bool, coupled: frozenset[str]) -> str:
+    """The sentences that qualify a finding: one seed, coupled settings, unfinished trials at their latest values."""
+    text = _TENTATIVE if tentative else ""
+    for key in sorted(coupled):
+        if str(a.params.get(key)) != str(b.params.get(key)):
+            text += f" The study sets {key} with it: {a.params.get(key)} → {b.params.get(key)}."
+    partial = [s.label for s in (a, b) if s.partial]
+    if partial:
+        verb = "include" if len(partial) > 1 else "includes"
+        text += f" Partial: {' and '.join(partial)} {verb} unfinished trials, compared at their latest values."
+    return text
+
+
+_DEPTH_READING = {
+    "degradation": "The deeper net fits its own training set worse: degradation (sec. 4.1), not overfitting.",
+    "overfitting": (
+        "The deeper net fits the training set as well or better yet tests worse: overfitting, the paper's reading of"
+        " ResNet-1202 vs ResNet-110 (sec. 4.2)."
+    ),
+    "gain": "The deeper net tests better without training worse: depth pays here.",
+}
+
+
+def _depth_finding(
+    shallow: ConfigSummary, deep: ConfigSummary, tolerance: Tolerance, coupled: frozenset[str]
+) -> Finding:
+    labels = (shallow.label, deep.label)
+    head = f"{shallow.label} (depth {shallow.depth}) → {deep.label} (depth {deep.depth})"
+    pairs = {m: (shallow.stats.get(m), deep.stats.get(m)) for m in ("train_error", "test_error")}
+    if any(a is None or b is None for a, b in pairs.values()):
+        text = f"{head}: not enough data, training and test error are needed on both sides (no trial in the means)."
+        return Finding("depth", "not enough data", labels, False, text)
+    train = Difference(*pairs["train_error"])
+    test = Difference(*pairs["test_error"])
+    if train.direction(tolerance) == "higher":
+        verdict = "degradation"
+    elif test.direction(tolerance) == "higher":
+        verdict = "overfitting"
+    elif test.direction(tolerance) == "lower":
+        verdict = "gain"
+    else:
+        verdict = "no clear difference"
+    if verdict == "no clear difference":
+        trained = train.direction(tolerance)
+        reading = "Test error does not differ clearly" + (
+            ", nor does training error." if trained == "same" else f"; training error is clearly {trained}."
+        )
+    else:
+        reading = _DEPTH_READING[verdict]
+    tentative = train.spreads is None
+    text = (
+        f"{head}: {verdict}. Training error {train.a.percent()} % → {train.b.percent()} % "
+        f"({train.evidence(tolerance)}); test error {test.a.percent()} % → {test.b.percent()} % "
+        f"({test.evidence(tolerance)}). {reading}" + _caveats(shallow, deep, tentative, coupled)
+    )
+    return Finding("depth", verdict, labels, tentative, text)
+
+
+def _axis_finding(
+    kind: str,
+    axis: str,
+    a: ConfigSummary,
+    b: ConfigSummary,
+    metric: str,
+    tolerance: Tolerance,
+    coupled: frozenset[str],
+) -> Finding:
+    labels = (a.label, b.label)
+    name_a, name_b = describe(a, [axis]), describe(b, [axis])
+    head = f"{a.label} → {b.label} ({name_a} → {name_b}, {metric.replace('_', ' ')})"
+    stat_a, stat_b = a.stats.get(metric), b.stats.get(metric)
+    if stat_a is None or stat_b is None:
+        return Finding(kind, "not enough data", labels, False, f"{head}: not enough data (no trial in the means).")
+    diff = Difference(stat_a, stat_b)
+    direction = diff.direction(tolerance)
+    numbers = f"{stat_a.percent()} % → {stat_b.percent()} % ({diff.evidence(tolerance)})"
+    if direction == "same":
+        verdict, reading = "no clear difference", "no clear difference."
+    else:
+        verdict, reading = "clear difference", f"{name_b} has clearly {direction} {metric.replace('_', ' ')}."
+    tentative = diff.spreads is None
+    text = f"{head}: {numbers}: {reading}" + _caveats(a, b, tentative, coupled)
+    return Finding(kind, verdict, labels, tentative, text)
