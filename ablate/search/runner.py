@@ -1,0 +1,239 @@
+"""``run_study``: a study on Ray Tune, one trial per configuration and seed, recorded in MLflow.
+
+Operation order: find the Ray Tune state (``<storage>/<study name>``; ``--resume`` needs it, a fresh
+run sets an earlier one aside) -> join Ray (the one already running in this process, else
+``address`` / ``$RAY_ADDRESS``, else a local one) -> open the parent run -> build the Tuner (grid:
+``tune.grid_search`` over the study's trials; tpe/random: :class:`~ablate.search.sampling.StudySearcher`)
+or restore it -> ``fit`` with Ray's own output silenced and the :mod:`~ablate.search.callbacks`
+recording and printing progress -> end the parent run as finished, interrupted or failed (whatever
+happens, including Ctrl-C) -> print a summary.
+
+Scheduling: ``resources.cpu``/``resources.gpu`` per trial (``tune.with_resources``; a gpu fraction
+shares one device), ``max_concurrent`` trials at once, ASHA early stopping on the trainer's
+``iteration`` when ``early_stopping`` is set, and up to :data:`MAX_FAILURES` restarts of a failed
+trial, each from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+
+from ablate.search.callbacks import Progress, Recorder
+from ablate.search.sampling import StudySearcher
+from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
+from ablate.study import Study, train_iterations
+from ablate.tracking import layout
+from ablate.tracking.writer import StudyWriter
+
+__all__ = ["EXIT_FAILED_TRIALS", "EXIT_INTERRUPTED", "EXIT_USAGE", "MAX_FAILURES", "run_study"]
+
+EXIT_FAILED_TRIALS = 1  # the study ran to its end but some trials failed
+EXIT_USAGE = 2  # nothing to resume
+EXIT_INTERRUPTED = 130  # Ctrl-C: the state is saved, `--resume` continues
+MAX_FAILURES = 2  # restarts of a failed trial, each from its last checkpoint, before it counts as failed
+KEEP_CHECKPOINTS = 1  # per trial: the latest is all a restart needs
+STORAGE_DIR = "ray_results"  # default storage, at the project root
+# environment while a study runs (see _quiet_ray)
+_QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+ASHA_UNBOUNDED = 2**31  # max_t of a sampled study: above any run length, so ASHA never cuts a run at max_t
+
+
+def run_study(
+    study: Study,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    storage_path: str | os.PathLike | None = None,
+) -> int:
+    """Run ``study`` on Ray Tune and record it in MLflow; returns the exit status.
+
+    0: every trial ended (finished, diverged or stopped early); 1: some trials failed; 2: ``resume``
+    with nothing to resume; 130: interrupted (``resume=True`` continues without redoing ended trials).
+    ``address`` (else $RAY_ADDRESS, else a local Ray) is used only when this process runs no Ray yet;
+    ``storage_path`` defaults to ``<project root>/ray_results``, ``tracking_uri`` to
+    :func:`ablate.tracking.layout.default_tracking_uri`.
+
+    Example::
+
+        >>> from ablate.study import load_study
+        >>> run_study(load_study("studies/quickstart.yaml", ["trainer.iterations=200"]))  # doctest: +SKIP
+        0
+    """
+    storage = Path(storage_path).resolve() if storage_path else layout.project_root() / STORAGE_DIR
+    experiment = storage / study.name
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        print(
+            f"ablate run: error: nothing to resume: no Ray Tune state of study {study.name!r} in {experiment}; "
+            "run it without --resume, or pass the --storage-path it ran with",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not resume:
+        _set_aside(experiment)
+    started_ray = _connect_ray(address)
+    try:
+        return _run(study, StudyWriter(tracking_uri), experiment=experiment, resume=resume)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _run(study: Study, writer: StudyWriter, *, experiment: Path, resume: bool) -> int:
+    """Parent run open -> fit -> parent run ended as finished | interrupted | failed, whatever happens."""
+    writer.start_study(
+        study.name, question=study.question, metric=study.metric.name, mode=study.metric.mode,
+        study_yaml=study.resolved_yaml(), overrides=dict(item.partition("=")[::2] for item in study.overrides),
+    )
+    recorder = Recorder(writer, expected=study.num_trials)
+    callbacks = [recorder, Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials)]
+    status = "failed"
+    try:
+        with _quiet_ray():
+            tuner = _restore(study, experiment, callbacks) if resume else _tuner(study, experiment, callbacks)
+            tuner.fit()
+        status = "finished" if recorder.complete else "interrupted"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        writer.end_study(status)
+    return _summary(study, recorder, status, writer)
+
+
+# -- the Tuner ----------------------------------------------------------------------------------------
+
+
+def _trainable(study: Study):
+    return tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+
+
+def _tuner(study: Study, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
+    if study.sampled:
+        param_space, num_samples = {}, study.num_trials
+        search_alg = StudySearcher(study, metric=OBJECTIVE, mode=study.metric.mode)
+    else:
+        param_space = {"trial": tune.grid_search([trial_params(trial, study.metric) for trial in study.trials()])}
+        num_samples, search_alg = 1, None
+    tune_config = tune.TuneConfig(
+        num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(study),
+        max_concurrent_trials=study.max_concurrent, trial_dirname_creator=_trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=experiment.name, storage_path=str(experiment.parent), callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+    )
+    return tune.Tuner(_trainable(study), param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _restore(study: Study, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
+    """The interrupted Tuner, continuing unfinished and errored trials from their last checkpoints."""
+    tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study), resume_errored=True)
+    # Tune brings back the RunConfig pickled by the first invocation, callbacks included, and has no
+    # public way to replace them (ray-project/ray#41364): this invocation records through its own writer.
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:
+        raise RuntimeError(f"ray {ray.__version__}: cannot attach the MLflow recorder to a restored Tuner")
+    local.get_run_config().callbacks = callbacks
+    return tuner
+
+
+def _scheduler(study: Study) -> ASHAScheduler | None:
+    """ASHA on the trainer's ``iteration``; None (first in, first out) without ``early_stopping``."""
+    if study.early_stopping is None:
+        return None
+    longest = ASHA_UNBOUNDED if study.sampled else max(train_iterations(t.config) for t in study.trials())
+    return ASHAScheduler(
+        time_attr="iteration", metric=OBJECTIVE, mode=study.metric.mode, max_t=longest,
+        grace_period=study.early_stopping.grace_period, reduction_factor=study.early_stopping.reduction_factor,
+    )
+
+
+def _trial_dirname(trial: Trial) -> str:
+    """The trial's folder under the experiment: its id (Tune's default spells out the whole config)."""
+    return trial.trial_id
+
+
+# -- around the run -------------------------------------------------------------------------------------
+
+
+def _connect_ray(address: str | None) -> bool:
+    """Use the Ray this process already runs; else join ``address`` or $RAY_ADDRESS; else start a local one.
+
+    Returns whether Ray was started here (and is to be shut down after the study).
+    """
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS", "")
+    if target.startswith("ray://"):
+        raise ValueError(
+            f"address {target!r}: Ray Client addresses are not supported (this process writes the MLflow "
+            "records); run `ablate run` on a node of the cluster with --address auto or HOST:PORT"
+        )
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    return True
+
+
+def _set_aside(experiment: Path) -> None:
+    """A fresh run starts from an empty folder: an earlier run's Ray Tune state is renamed, not deleted."""
+    if not experiment.exists():
+        return
+    kept = experiment.with_name(f"{experiment.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    experiment.rename(kept)
+    print(f"an earlier run of {experiment.name!r} left Ray Tune state; moved it to {kept} "
+          "(`ablate run --resume` continues a run instead)", flush=True)
+
+
+@contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """Ray's and Optuna's own terminal output off while the study runs; the progress line replaces it.
+
+    ``verbose=0`` is honoured by Tune's legacy output engine (the new one prints its configuration table
+    even when silent), selected by ``RAY_AIR_NEW_OUTPUT=0``; Tune's warning about frequent experiment
+    snapshots (forced by ``num_to_keep`` at every checkpoint of short trials) is off; Tune's INFO lines and
+    Optuna's per-trial lines go below WARNING. Everything is put back afterwards.
+    """
+    saved_env = {key: os.environ.get(key) for key in _QUIET_ENV}
+    tune_logger = logging.getLogger("ray.tune")
+    tune_level, optuna_level = tune_logger.level, optuna.logging.get_verbosity()
+    os.environ.update(_QUIET_ENV)
+    tune_logger.setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        tune_logger.setLevel(tune_level)
+        optuna.logging.set_verbosity(optuna_level)
+
+
+def _summary(study: Study, recorder: Recorder, status: str, writer: StudyWriter) -> int:
+    """Print how the invocation ended and where the records are; returns the exit status."""
+    counts = Counter(recorder.ended.values())
+    ended = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
+    before = f", {recorder.done_before} ended in earlier runs" if recorder.done_before else ""
+    print(f"study {study.name}: {status}; trials of this run: {ended}{before} (of {study.num_trials})")
+    print(f"records: MLflow experiment {study.name!r} at {writer.tracking_uri}")
+    if status == "interrupted":
+        sets = "".join(f" --set {item}" for item in study.overrides)
+        print(f"continue with: ablate run {study.origin.file}{sets} --resume")
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_TRIALS if counts["failed"] else 0

@@ -1,0 +1,277 @@
+"""The driver-side MLflow writer: the one process that records a study, in the layout of :mod:`.layout`.
+
+Only the process that drives Ray Tune writes (through the callbacks of :mod:`ablate.search`), so a
+SQLite store never sees two writers at once ("database is locked") however many trials run.
+
+Operation order of one invocation of ``ablate run``:
+:meth:`StudyWriter.start_study` (the study's experiment, created on first use; a parent run with its
+tags, ``study.yaml`` and the overrides as params) -> per trial :meth:`~StudyWriter.start_trial` (the
+trial's child run: reused when the trial id already has one, as after ``--resume``; else created with
+params, tags and ``config.json``) -> :meth:`~StudyWriter.log_metrics` at every report (step = training
+iteration) -> :meth:`~StudyWriter.end_trial` (``final/`` metrics, ``layer_responses.json``, status)
+-> :meth:`~StudyWriter.end_study`, which also ends every child run still open, so that a crash or a
+Ctrl-C leaves no run marked RUNNING.
+
+Example::
+
+    >>> writer = StudyWriter("sqlite:///mlflow.db")                       # doctest: +SKIP
+    >>> writer.start_study("demo", question="Does it help?", metric="test_error", mode="min",
+    ...                    study_yaml="name: demo\\n", overrides={})     # doctest: +SKIP
+    >>> writer.start_trial("a1b2c_00000", config, group="resnet20-3f2a9c1d", label="resnet20",
+    ...                    model={"model.params": 272474})                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from ablate.config import TrainConfig, flatten
+from ablate.tracking import layout
+
+__all__ = ["MLFLOW_STATUS", "StudyWriter", "reported_metrics"]
+
+# MLflow's own run status for each ablate.status a run ends with (a diverged or early-stopped trial
+# ran as the study planned; an interrupted one continues on --resume).
+MLFLOW_STATUS = {
+    "finished": "FINISHED",
+    "diverged": "FINISHED",
+    "stopped": "FINISHED",  # child: stopped early by ASHA
+    "interrupted": "KILLED",
+    "failed": "FAILED",
+}
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it
+TAG_VERSION_PREFIX = "ablate.version."  # ablate.version.torch, ... on every child run
+VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna", "ablate")
+ARTIFACT_ERROR = "error.txt"  # child of a failed trial: the error as Ray Tune recorded it
+ARTIFACT_DIR = "mlartifacts"  # beside a SQLite store: where its experiments keep their artifacts
+_BATCH = 1000  # MLflow's limit on metrics per log_batch request (params: 100)
+
+
+def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a report that the layout records: :data:`~.layout.EPOCH_METRICS` and ``grad_norm/*``.
+
+    Non-finite values are kept: MLflow stores NaN as NaN and clamps infinities to the largest float,
+    so a diverged trial's last loss reads back as it was.
+    """
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if (key in layout.EPOCH_METRICS or key.startswith(layout.GRAD_NORM_PREFIX))
+        and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+class StudyWriter:
+    """Writes one invocation of a study: a parent run and one nested child run per trial.
+
+    Keyword-only arguments after the first; trial ids are Ray Tune's (stable across ``--resume``).
+    """
+
+    def __init__(self, tracking_uri: str | None = None):
+        self.tracking_uri = tracking_uri or layout.default_tracking_uri()
+        self.client = MlflowClient(self.tracking_uri)
+        self.study: str | None = None
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._open: dict[str, str] = {}  # trial id -> child run id, for runs opened here and not ended
+        self._last_step: dict[str, int] = {}  # trial id -> last step logged
+        self._provenance: dict[str, str] | None = None
+
+    # -- the study ------------------------------------------------------------------------------------
+
+    def start_study(
+        self, name: str, *, question: str, metric: str, mode: str, study_yaml: str, overrides: Mapping[str, Any]
+    ) -> str:
+        """Open the parent run of this invocation; returns its run id."""
+        self.study = name
+        self.experiment_id = self._experiment(name)
+        tags = {
+            layout.TAG_STUDY: name,
+            layout.TAG_ROLE: layout.ROLE_STUDY,
+            layout.TAG_STATUS: "running",
+            layout.TAG_QUESTION: question,
+            layout.TAG_METRIC: metric,
+            layout.TAG_MODE: mode,
+        }
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}")
+        self.parent_id = run.info.run_id
+        self.client.log_text(self.parent_id, study_yaml, layout.ARTIFACT_STUDY)
+        params = [Param(key, str(value)) for key, value in overrides.items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.parent_id, params=params[start:start + 100])
+        return self.parent_id
+
+    def end_study(self, status: str) -> None:
+        """End the parent run as ``status`` (finished | interrupted | failed) and every child run still open.
+
+        Open children end as ``interrupted`` (MLflow KILLED), or ``failed`` when the study failed.
+        """
+        for trial_id in list(self._open):
+            self.end_trial(trial_id, "failed" if status == "failed" else "interrupted")
+        if self.parent_id is not None:
+            self.client.set_tag(self.parent_id, layout.TAG_STATUS, status)
+            self.client.set_terminated(self.parent_id, MLFLOW_STATUS[status])
+
+    # -- trials -----------------------------------------------------------------------------------------
+
+    def start_trial(
+        self, trial_id: str, config: TrainConfig, *, group: str, label: str, model: Mapping[str, Any]
+    ) -> str:
+        """The trial's child run, marked running: the one it already has (by trial id), else a new one.
+
+        ``model``: the params added beside the flattened config (``model.name``, ``model.depth``,
+        ``model.params``, ``model.macs``). A reused run keeps its params and history.
+        """
+        if trial_id in self._open:  # restarted after a failure, in this invocation
+            return self._open[trial_id]
+        run_id = self._existing_trial(trial_id)
+        if run_id is None:
+            run_id = self._new_trial(trial_id, config, group=group, label=label, model=model)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, layout.TAG_STATUS, "running")
+            self._last_step[trial_id] = self._logged_up_to(run_id)
+        self._open[trial_id] = run_id
+        return run_id
+
+    def log_metrics(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
+        """Log a report's metrics (:func:`reported_metrics`) at ``step = metrics["iteration"]``.
+
+        A report at a step already logged is skipped: Ray Tune registers a trial's checkpoint a moment
+        after passing on its report, so a trial interrupted in between continues from the checkpoint
+        before and reports that step again (with the same numbers: the trainer resumes exactly).
+        """
+        step = int(metrics["iteration"])
+        values = reported_metrics(metrics)
+        if values and step > self._last_step.get(trial_id, -1):
+            self._log(self._open[trial_id], values, step=step)
+            self._last_step[trial_id] = step
+
+    def end_trial(
+        self,
+        trial_id: str,
+        status: str,
+        *,
+        final: Mapping[str, Any] | None = None,
+        layer_responses: Mapping[str, list] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """End the trial's child run as ``status`` (finished | diverged | stopped | interrupted | failed).
+
+        ``final``: the last report, logged again as ``final/<metric>``; ``layer_responses``: logged as
+        ``layer_responses.json``; ``error``: the failure as text, logged as ``error.txt``.
+        """
+        run_id = self._open.pop(trial_id)
+        if final:
+            values = {layout.FINAL_PREFIX + key: value for key, value in reported_metrics(final).items()}
+            self._log(run_id, values, step=int(final.get("iteration", 0)))
+        if layer_responses is not None:
+            self.client.log_text(run_id, json.dumps(dict(layer_responses)), layout.ARTIFACT_RESPONSES)
+        if error:
+            self.client.log_text(run_id, error, ARTIFACT_ERROR)
+        self.client.set_tag(run_id, layout.TAG_STATUS, status)
+        self.client.set_terminated(run_id, MLFLOW_STATUS[status])
+
+    @property
+    def open_trials(self) -> list[str]:
+        """Trial ids whose child runs this writer opened and has not ended."""
+        return list(self._open)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _experiment(self, name: str) -> str:
+        """The study's experiment id: created on first use (artifacts beside a SQLite store), restored if deleted."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.tracking_uri, name))
+        if experiment.lifecycle_stage != "active":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def _existing_trial(self, trial_id: str) -> str | None:
+        query = f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}' and tags.`{layout.TAG_TRIAL}` = '{trial_id}'"
+        runs = self.client.search_runs([self.experiment_id], query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _logged_up_to(self, run_id: str) -> int:
+        """The last step at which the run logged a per-evaluation metric; -1 when none."""
+        keys = [key for key in self.client.get_run(run_id).data.metrics if not key.startswith(layout.FINAL_PREFIX)]
+        return max((m.step for key in keys for m in self.client.get_metric_history(run_id, key)), default=-1)
+
+    def _new_trial(
+        self, trial_id: str, config: TrainConfig, *, group: str, label: str, model: Mapping[str, Any]
+    ) -> str:
+        tags = {
+            layout.TAG_STUDY: self.study,
+            layout.TAG_ROLE: layout.ROLE_TRIAL,
+            layout.TAG_STATUS: "running",
+            layout.TAG_GROUP: group,
+            layout.TAG_LABEL: label,
+            layout.TAG_TRIAL: trial_id,
+            layout.TAG_PARENT: self.parent_id,
+            **self._provenance_tags(),
+        }
+        run_id = self.client.create_run(
+            self.experiment_id, tags=tags, run_name=f"{label} seed {config.seed}"
+        ).info.run_id
+        params = [Param(key, str(value)) for key, value in {**flatten(config), **model}.items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[start:start + 100])
+        self.client.log_text(run_id, config.model_dump_json(indent=2), layout.ARTIFACT_CONFIG)
+        return run_id
+
+    def _log(self, run_id: str, values: Mapping[str, float], *, step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for key, value in values.items()]
+        for start in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + _BATCH])
+
+    def _provenance_tags(self) -> dict[str, str]:
+        """The git commit of the project (when it is a checkout) and the versions of the libraries, once."""
+        if self._provenance is None:
+            tags = {}
+            for package in VERSIONED_PACKAGES:
+                try:
+                    tags[TAG_VERSION_PREFIX + package] = metadata.version(package)
+                except metadata.PackageNotFoundError:
+                    continue
+            commit = _git_commit(layout.project_root())
+            if commit:
+                tags[TAG_GIT_COMMIT] = commit
+            self._provenance = tags
+        return self._provenance
+
+
+def _artifact_location(tracking_uri: str, name: str) -> str | None:
+    """``<folder of the .db>/mlartifacts/<name>`` for a SQLite store; None (the server's choice) otherwise.
+
+    MLflow's own default for a SQLite store is ``./mlruns`` relative to the current directory, which
+    would scatter a study's artifacts over wherever ``ablate`` happened to be started.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or tracking_uri[len(prefix):] in ("", ":memory:"):
+        return None
+    database = Path(tracking_uri[len(prefix):]).resolve()
+    return (database.parent / ARTIFACT_DIR / name).as_uri()
+
+
+def _git_commit(root: Path) -> str | None:
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
