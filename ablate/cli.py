@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from ablate.config import ConfigError
+from ablate.console import text_table
 
 EXIT_USAGE = 2
 
@@ -130,12 +131,12 @@ def _models(args) -> int:
     if not names:
         raise ValueError(f"no registered model matches {args.pattern!r}; try 'ablate models'")
     dims = dict(in_channels=args.in_channels, num_classes=args.num_classes)
-    print(f"{'name':<20} {'block':<18} {'depth':>5} {'shortcut':>8} {'params':>12} {'MACs/image':>15}")
+    rows = []
     for name in names:
         spec = model_spec(name)
-        params = count_params(spec, **dims)
         macs = count_macs(spec, **dims, image_size=args.image_size)
-        print(f"{name:<20} {spec.block:<18} {spec.depth:>5} {spec.shortcut:>8} {params:>12,} {macs:>15,}")
+        rows.append([name, spec.block, spec.depth, spec.shortcut, f"{count_params(spec, **dims):,}", f"{macs:,}"])
+    print(text_table(["name", "block", "depth", "shortcut", "params", "MACs/image"], rows, right={2, 4, 5}))
     return 0
 
 

@@ -318,3 +318,15 @@ def test_a_crash_of_the_driver_leaves_no_run_running(store, tmp_path, monkeypatc
     child, = runs(store.uri, "crash", layout.ROLE_TRIAL)
     for run in (parent, child):
         assert (run.info.status, run.data.tags[layout.TAG_STATUS]) == (mlflow_status, status)
+
+
+def test_resources_the_cluster_cannot_meet(store, tmp_path, capsys):
+    """A GPU share on a GPU-less cluster is dropped with a note; too many CPUs per trial is refused before
+    anything is recorded (either would otherwise leave every trial pending forever)."""
+    gpu = load_study(study_file(tmp_path, "gpu_share", resources={"cpu": 1, "gpu": 0.5}))
+    assert runner._resources(gpu) == {"cpu": 1, "gpu": 0}
+    assert "has none; running on CPU" in capsys.readouterr().out
+    greedy = load_study(study_file(tmp_path, "greedy", resources={"cpu": 64, "gpu": 0}))
+    with pytest.raises(ValueError, match=r"resources.cpu: each trial asks for 64 CPUs but the Ray cluster has 2"):
+        store.run(greedy)
+    assert not (tmp_path / "mlflow.db").exists() or MlflowClient(store.uri).get_experiment_by_name("greedy") is None

@@ -27,7 +27,8 @@ from ablate.report.aggregate import coupled_keys, summarize
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
 from ablate.report.plots import plot_curves, plot_layer_responses
-from ablate.report.render import text_table, to_html, to_markdown
+from ablate.console import text_table
+from ablate.report.render import to_html, to_markdown
 from ablate.tracking import layout
 from ablate.tracking.reader import UnknownStudyError, list_studies, load_study_records
 

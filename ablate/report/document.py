@@ -24,7 +24,8 @@ from ablate.report.aggregate import (
     differing_keys,
 )
 from ablate.report.diagnose import AXES, Finding, Tolerance
-from ablate.report.render import Block, Bullets, Heading, Image, Paragraph, Table, text_table
+from ablate.report.render import Block, Bullets, Heading, Image, Paragraph, Table
+from ablate.console import text_table
 from ablate.tracking import layout
 from ablate.tracking.reader import PARTIAL_STATUSES, StudyRecords, TrialRecord
 

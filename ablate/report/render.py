@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Block", "Bullets", "Heading", "Image", "Paragraph", "Table", "text_table", "to_html", "to_markdown"]
+__all__ = ["Block", "Bullets", "Heading", "Image", "Paragraph", "Table", "to_html", "to_markdown"]
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,3 @@ def to_html(blocks: Sequence[Block], *, title: str) -> str:
         f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
-
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, for the terminal."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in (header, *rows))

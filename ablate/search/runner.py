@@ -86,13 +86,14 @@ def run_study(
         _set_aside(experiment)
     started_ray = _connect_ray(address)
     try:
-        return _run(study, StudyWriter(tracking_uri), experiment=experiment, resume=resume)
+        trainable = tune.with_resources(train_trial, _resources(study))  # checked before anything is recorded
+        return _run(study, StudyWriter(tracking_uri), trainable, experiment=experiment, resume=resume)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _run(study: Study, writer: StudyWriter, *, experiment: Path, resume: bool) -> int:
+def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resume: bool) -> int:
     """Parent run open -> fit -> parent run ended as finished | interrupted | failed, whatever happens."""
     writer.start_study(
         study.name, question=study.question, metric=study.metric.name, mode=study.metric.mode,
@@ -103,7 +104,8 @@ def _run(study: Study, writer: StudyWriter, *, experiment: Path, resume: bool) -
     status = "failed"
     try:
         with _quiet_ray():
-            tuner = _restore(study, experiment, callbacks) if resume else _tuner(study, experiment, callbacks)
+            build = _restore if resume else _tuner
+            tuner = build(study, trainable, experiment, callbacks)
             tuner.fit()
         status = "finished" if recorder.complete else "interrupted"
     except KeyboardInterrupt:
@@ -117,11 +119,25 @@ def _run(study: Study, writer: StudyWriter, *, experiment: Path, resume: bool) -
 # -- the Tuner ----------------------------------------------------------------------------------------
 
 
-def _trainable(study: Study):
-    return tune.with_resources(train_trial, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+def _resources(study: Study) -> dict[str, float]:
+    """The study's per-trial resources, checked against the cluster: a request it can never meet would
+    leave every trial pending forever. A GPU share on a cluster without GPUs is dropped with a note (the
+    trainer then runs on CPU); more CPUs per trial than the cluster has is an error."""
+    cluster = ray.cluster_resources()
+    cpu, gpu = study.resources.cpu, study.resources.gpu
+    if gpu and not cluster.get("GPU"):
+        print(f"note: the study asks for {gpu:g} GPU per trial but the Ray cluster has none; "
+              "running on CPU (set resources.gpu=0 to silence this)", flush=True)
+        gpu = 0
+    if cpu > cluster.get("CPU", 0):
+        raise ValueError(
+            f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cluster.get('CPU', 0):g}; "
+            f"use --set resources.cpu=N with N <= {cluster.get('CPU', 0):g}"
+        )
+    return {"cpu": cpu, "gpu": gpu}
 
 
-def _tuner(study: Study, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
+def _tuner(study: Study, trainable, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
     if study.sampled:
         param_space, num_samples = {}, study.num_trials
         search_alg = StudySearcher(study, metric=OBJECTIVE, mode=study.metric.mode)
@@ -137,12 +153,12 @@ def _tuner(study: Study, experiment: Path, callbacks: list[tune.Callback]) -> tu
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
     )
-    return tune.Tuner(_trainable(study), param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _restore(study: Study, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
+def _restore(study: Study, trainable, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
     """The interrupted Tuner, continuing unfinished and errored trials from their last checkpoints."""
-    tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(study), resume_errored=True)
+    tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     # Tune brings back the RunConfig pickled by the first invocation, callbacks included, and has no
     # public way to replace them (ray-project/ray#41364): this invocation records through its own writer.
     local = getattr(tuner, "_local_tuner", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ablate.config import DataConfig, TrainConfig
+from ablate.console import text_table
 from ablate.study.core import Study, format_value
 
 __all__ = ["DataShape", "data_shape", "format_plan", "plan_rows", "train_iterations", "training_images"]
@@ -96,7 +97,7 @@ def format_plan(rows: list[dict]) -> str:
     if rows and "axis" in rows[0]:
         first = rows[0]
         trials = first["num_samples"] * first["seeds"]
-        table = _table(["axis", "domain"], [[row["axis"], row["domain"]] for row in rows], right=set())
+        table = text_table(["axis", "domain"], [[row["axis"], row["domain"]] for row in rows], right=set())
         return (f"{table}\n{first['method']}: {first['num_samples']} samples x {first['seeds']} "
                 f"seed{'s' * (first['seeds'] != 1)} = {trials} trials")
     fixed = ["label", "group", "seed", "params", "macs", "iterations", "train_flops"]
@@ -107,7 +108,7 @@ def format_plan(rows: list[dict]) -> str:
          f"{row['train_flops'] / 1e15:.3g}", *(format_value(row[key]) for key in axes), row["group"]]
         for row in rows
     ]
-    table = _table(headers, body, right={1, 2, 3, 4, 5})
+    table = text_table(headers, body, right={1, 2, 3, 4, 5})
     configs = len({row["group"] for row in rows})
     seeds = len({row["seed"] for row in rows})
     total = sum(row["train_flops"] for row in rows) / 1e15
@@ -120,14 +121,3 @@ def _lookup(values: dict, key: str):
         values = values[part]
     return values
 
-
-def _table(headers: list[str], body: list[list], *, right: set[int]) -> str:
-    """Columns padded to their widest cell; the columns in ``right`` right-aligned."""
-    cells = [headers, *([str(cell) for cell in row] for row in body)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
