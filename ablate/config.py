@@ -141,6 +141,7 @@ class TrainerConfig(_Frozen):
     bf16: bool | None = None  # bf16 autocast; None: on where it helps (CUDA, CPUs with AMX/AVX512-BF16)
     channels_last: bool | None = None  # NHWC memory format; None: on where it helps (same rule as bf16)
     compile: bool = False  # torch.compile the model (pays off only for long runs; see docs/BENCHMARKS.md)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA; CPU runs are already repeatable)
 
     @model_validator(mode="after")

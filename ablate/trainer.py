@@ -168,7 +168,7 @@ def _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resu
     model = build_model(config.model, in_channels=splits.in_channels, num_classes=splits.num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if t.compile else model
+    forward = torch.compile(model, mode=t.compile_mode) if t.compile else model
     train_data, val_data, test_data = _device_splits(splits, device, channels_last)
 
     optimizer = torch.optim.SGD(
