@@ -1,0 +1,106 @@
+"""The ``ablate`` command end to end, on tiny data: what a user types and what comes back.
+
+In-process through ``ablate.cli.main`` (fast); one test runs the installed console script in a
+subprocess to check that a user error prints one message and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datafiles import write_cifar10
+
+from ablate.cli import main
+from ablate.trainer import CHECKPOINT_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_models_lists_the_registry_with_exact_counts(capsys):
+    assert main(["models", "resnet*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "269,722" in out and "40,551,040" in out
+    assert "resnet1202" in out and "19,421,274" in out and "2,829,238,912" in out
+    assert main(["models", "nothing*"]) == 2
+    assert "no registered model matches" in capsys.readouterr().err
+
+
+def test_plan_json_lists_every_trial_without_training(capsys):
+    assert main(["plan", str(REPO / "studies/shortcuts.yaml"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 8 * 3  # {A, B, C, plain} x {20, 56} layers, 3 seeds
+    resnet20 = next(r for r in rows if r["label"] == "resnet20")
+    assert resnet20["params"] == 269_722 and resnet20["macs"] == 40_551_040
+    assert resnet20["train_flops"] == 6 * 40_551_040 * 64_000 * 128
+
+
+def test_train_on_tiny_cifar_files_then_resume_from_its_checkpoint(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", n_train_per_batch=20, n_test=20)  # 100 training images
+    ckpt = tmp_path / "ckpt"
+    args = ["train", "--data", "cifar10", "--data-root", str(tmp_path / "data"), "--n", "1", "--device", "cpu",
+            "--set", "data.val_size=20", "--set", "trainer.batch_size=16", "--set", "model.base_width=8",
+            "--checkpoint-dir", str(ckpt)]
+    assert main([*args, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "training resnet8-w8 on cifar10" in out and "epoch   1.00" in out and "status: finished" in out
+    assert (ckpt / CHECKPOINT_FILE).exists()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0  # continues: only epoch 2 is trained
+    out = capsys.readouterr().out
+    assert "epoch   2.00" in out and "epoch   1.00" not in out
+
+
+def test_train_errors_are_one_message_with_exit_status_2(tmp_path, capsys):
+    assert main(["train", "--data", "cifar10", "--data-root", str(tmp_path), "--iterations", "1",
+                 "--set", "data.download=false"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar" in err.lower() and str(tmp_path) in err  # where it looked
+    assert main(["train", "--model", "resnet21"]) == 2
+    assert "resnet20" in capsys.readouterr().err  # close matches
+    assert main(["train", "--set", "trainer.warmup.policy=sometimes"]) == 2
+    assert "trainer.warmup.policy" in capsys.readouterr().err
+
+
+def test_invalid_study_exits_2_with_one_message_no_traceback_and_no_records(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "question": "?", "model": {"shortcut": "D"}}))
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate.cli", "run", str(bad), "--tracking-uri", f"sqlite:///{db}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert str(bad) in proc.stderr and "model.shortcut" in proc.stderr and "'A'" in proc.stderr
+    assert not db.exists()  # validation comes before anything is written
+
+
+@pytest.mark.slow
+def test_run_then_studies_then_report(tmp_path, ray_session, capsys):
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "tiny_cli", "question": "Does the command line run a study end to end?",
+        "data": {"name": "synthetic", "synthetic_shape": [3, 16, 16], "synthetic_train": 320,
+                 "synthetic_test": 64, "val_size": 64},
+        "model": {"base_width": 8},
+        "trainer": {"iterations": 10, "batch_size": 32, "eval_every": 5, "device": "cpu"},
+        "space": {"model.n": [1, 2]},
+        "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 2,
+    }))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = ["--tracking-uri", uri]
+    assert main(["run", str(study), "--set", "seeds=[0]", *store, "--storage-path", str(tmp_path / "ray")]) == 0
+    assert "study tiny_cli: finished" in capsys.readouterr().out
+    assert main(["studies", *store]) == 0
+    assert "tiny_cli" in capsys.readouterr().out
+    assert main(["report", "--study", "tiny_cli", *store, "--out", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    assert "resnet8" in out and "resnet14" in out
+    for name in ("report.md", "report.html", "curves.png", "layer_responses.png"):
+        assert (tmp_path / "reports" / "tiny_cli" / name).stat().st_size > 0
+    assert main(["report", "--study", "nope", *store]) == 2
+    assert "tiny_cli" in capsys.readouterr().err  # the unknown name's error lists what is recorded
