@@ -17,7 +17,6 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   fi
 fi
 
-python3 -m pip install -q --upgrade pip
 if ! python3 -c "import torch" 2>/dev/null; then
   python3 -m pip install -q ${ABLATE_TORCH_SPEC:-torch==2.13.0 torchvision==0.28.0}
 elif ! python3 -m pip show -q torchvision >/dev/null 2>&1; then
