@@ -104,3 +104,17 @@ def test_run_then_studies_then_report(tmp_path, ray_session, capsys):
         assert (tmp_path / "reports" / "tiny_cli" / name).stat().st_size > 0
     assert main(["report", "--study", "nope", *store]) == 2
     assert "tiny_cli" in capsys.readouterr().err  # the unknown name's error lists what is recorded
+
+
+def test_run_with_missing_data_is_one_error_before_anything_starts(tmp_path, capsys):
+    """Checked once in the driver: no trial starts (and fails, and retries), nothing is recorded."""
+    study = tmp_path / "nodata.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "nodata", "question": "?", "data": {"name": "cifar10", "root": str(tmp_path / "empty"),
+                                                   "download": False},
+        "space": {"model.n": [1, 2]}, "resources": {"cpu": 1, "gpu": 0},
+    }))
+    db = tmp_path / "mlflow.db"
+    assert main(["run", str(study), "--tracking-uri", f"sqlite:///{db}", "--storage-path", str(tmp_path / "ray")]) == 2
+    assert "CIFAR-10" in capsys.readouterr().err
+    assert not db.exists() and not (tmp_path / "ray").exists()

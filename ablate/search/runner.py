@@ -82,6 +82,7 @@ def run_study(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    _check_data(study)
     if not resume:
         _set_aside(experiment)
     started_ray = _connect_ray(address)
@@ -117,6 +118,20 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
 
 
 # -- the Tuner ----------------------------------------------------------------------------------------
+
+
+def _check_data(study: Study) -> None:
+    """Load every data set the study trains on once, here, before any trial starts or anything is recorded.
+
+    A missing or corrupt file is then one error (``DatasetError``, exit status 2) instead of every trial
+    failing and being retried; a download happens once, into the cache, instead of racing in parallel
+    trials. Data sets named by a sampled axis are checked by the trials themselves.
+    """
+    from ablate.data import load_dataset
+
+    configs = {study.base.data} if study.sampled else {trial.config.data for trial in study.trials()}
+    for data in configs:
+        load_dataset(data)
 
 
 def _resources(study: Study) -> dict[str, float]:
