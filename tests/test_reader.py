@@ -120,3 +120,11 @@ def test_missing_store_is_reported_and_not_created(tmp_path):
     with pytest.raises(UnknownStudyError, match="no tracking store"):
         load_study_records("anything", uri)
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_sqlite_path_of_a_tracking_uri(tmp_path):
+    from ablate.tracking.layout import sqlite_path
+
+    assert sqlite_path(f"sqlite:///{tmp_path}/m.db?timeout=30") == tmp_path / "m.db"
+    assert sqlite_path("sqlite:///:memory:") is None
+    assert sqlite_path("http://tracking.example:5000") is None

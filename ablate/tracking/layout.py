@@ -88,3 +88,12 @@ def default_tracking_uri() -> str:
     if env:
         return env
     return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH[?options]`` URI; None for other stores and in-memory SQLite."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    path = tracking_uri.removeprefix(prefix).split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)

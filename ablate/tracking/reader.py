@@ -222,10 +222,8 @@ def load_study_records(name: str, tracking_uri: str | None = None) -> StudyRecor
 
 def _missing_sqlite_file(uri: str) -> Path | None:
     """The database file a ``sqlite:///PATH`` URI names when it does not exist (MLflow would create an empty one)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    return None if path.exists() or str(path) == ":memory:" else path
+    path = layout.sqlite_path(uri)
+    return None if path is None or path.exists() else path
 
 
 @contextlib.contextmanager

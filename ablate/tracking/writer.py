@@ -257,11 +257,10 @@ def _artifact_location(tracking_uri: str, name: str) -> str | None:
     MLflow's own default for a SQLite store is ``./mlruns`` relative to the current directory, which
     would scatter a study's artifacts over wherever ``ablate`` happened to be started.
     """
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix) or tracking_uri[len(prefix):] in ("", ":memory:"):
+    database = layout.sqlite_path(tracking_uri)
+    if database is None:
         return None
-    database = Path(tracking_uri[len(prefix):]).resolve()
-    return (database.parent / ARTIFACT_DIR / name).as_uri()
+    return (database.resolve().parent / ARTIFACT_DIR / name).as_uri()
 
 
 def _git_commit(root: Path) -> str | None:
