@@ -368,7 +368,7 @@ def _save_checkpoint(directory: Path, model, optimizer, pos: _Position, warmup: 
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "position": {k: v for k, v in vars(pos).items()},
+        "position": dict(vars(pos)),
         "warmup": warmup.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
