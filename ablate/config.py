@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ablate.errors import UserError
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -46,7 +48,7 @@ DatasetName = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
 LAYERS_PER_UNIT = {"basic": 2, "preact": 2, "bottleneck": 3, "preact_bottleneck": 3}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration a user wrote is invalid; the message says where and what is allowed."""
 
 

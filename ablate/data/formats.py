@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ablate.errors import UserError
+
 __all__ = ["DatasetError", "read_cifar_batch", "read_idx"]
 
 CIFAR_IMAGE_SHAPE = (3, 32, 32)  # channels, height, width of one CIFAR image
@@ -41,7 +43,7 @@ _PICKLE_GLOBALS = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Data could not be found or read: the message says where, what is wrong and how to get it."""
 
 

@@ -39,6 +39,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from ablate.errors import UserError
 from ablate.tracking import layout
 
 __all__ = [
@@ -66,7 +67,7 @@ _PAGE = 1000  # runs per search request
 _PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
-class UnknownStudyError(ValueError):
+class UnknownStudyError(UserError):
     """No study of that name is recorded in the tracking store; the message lists the ones that are."""
 
 
