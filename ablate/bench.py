@@ -109,7 +109,8 @@ class AugmentedImages(Dataset):
         self.images = x_uint8.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
         self.labels = y.tolist()
         self.pad = pad
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.mean = mean if mean.dim() == 3 else mean.view(-1, 1, 1)  # per pixel (C, H, W) or per channel
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:

@@ -103,6 +103,7 @@ class DataConfig(_Frozen):
     train_size: int | None = Field(None, ge=1)  # keep this many training images (after the split); None: all
     test_size: int | None = Field(None, ge=1)  # keep this many test images; None: all
     augment: bool = True  # 4-pixel pad + random crop + random horizontal flip (paper sec. 4.2)
+    normalize: Literal["channel", "pixel"] = "channel"  # channel: per-channel mean/std; pixel: per-pixel mean subtracted (paper sec. 4.2)
     split_seed: int = 0  # seeds the train/validation split, independent of the trial seed
     # synthetic only: a class-conditional random data set of any shape and size
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)  # (channels, height, width)

@@ -394,6 +394,21 @@ def test_normalised_batches_have_zero_mean_and_unit_std(tmp_path):
     torch.testing.assert_close(x.std((0, 2, 3), correction=0), torch.ones(3), atol=1e-4, rtol=0)
 
 
+def test_per_pixel_mean_subtraction_gives_a_zero_mean_image(tmp_path):
+    """data.normalize=pixel (paper sec. 4.2): every pixel of the training split averages to zero, unscaled."""
+    write_cifar10(tmp_path, n_train_per_batch=40, n_test=5)
+    splits = load_dataset(config(tmp_path, val_size=0, normalize="pixel"))
+    assert splits.mean.shape == (3, 32, 32) and torch.equal(splits.std, torch.ones(3))
+    expected = splits.train_x.double().mean(0) / 255
+    torch.testing.assert_close(splits.mean.double(), expected, atol=1e-6, rtol=0)
+    data = DeviceData(splits.train_x, splits.train_y, mean=splits.mean, std=splits.std, device="cpu")
+    x = torch.cat([x for x, _ in data.eval_batches(64)])
+    torch.testing.assert_close(x.mean(0), torch.zeros(3, 32, 32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x + splits.mean, splits.train_x.float() / 255, atol=1e-5, rtol=0)  # no std division
+    channel = load_dataset(config(tmp_path, val_size=0))
+    assert channel.mean.shape == (3,) and not torch.equal(channel.std, torch.ones(3))
+
+
 def test_invalid_inputs_are_rejected():
     x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match="uint8"):

@@ -25,7 +25,8 @@ class DeviceData:
     the padded uint8 images with one advanced-indexing op -> (B, H, W, C), which is an NCHW tensor in
     channels_last memory format (copied to contiguous NCHW unless ``channels_last``) -> float32 ->
     subtract ``255 * mean`` -> multiply by ``1 / (255 * std)``. Each float op rounds once, so CPU and
-    CUDA give the same bits.
+    CUDA give the same bits. ``mean`` is per channel (C,) or per pixel (C, H, W); a per-pixel mean is
+    subtracted at the output position of the crop (the network sees ``crop - mean image``).
 
     >>> data = DeviceData(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.arange(10),
     ...                   mean=[0.5] * 3, std=[0.25] * 3, device="cpu")
@@ -51,10 +52,15 @@ class DeviceData:
         if pad < 0:
             raise ValueError(f"pad must be >= 0 pixels, got {pad}")
         n, channels, height, width = x_uint8.shape
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        mean = torch.as_tensor(mean, dtype=torch.float32)
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.shape != (channels,) or std.shape != (channels,) or not bool((std > 0).all()):
-            raise ValueError(f"mean and std need one value per channel ({channels}), std > 0; got {mean}, {std}")
+        per_pixel = mean.shape == (channels, height, width)
+        mean = mean if per_pixel else mean.flatten()
+        if (not per_pixel and mean.shape != (channels,)) or std.shape != (channels,) or not bool((std > 0).all()):
+            raise ValueError(
+                f"mean needs one value per channel ({channels}) or per pixel {(channels, height, width)}, std one "
+                f"value per channel, std > 0; got mean of shape {tuple(mean.shape)}, std {std}"
+            )
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.pad = pad
@@ -63,7 +69,7 @@ class DeviceData:
         self.x[:, pad : pad + height, pad : pad + width] = x_uint8.to(self.device).permute(0, 2, 3, 1)
         self.y = y.to(self.device, torch.int64)
         # normalisation constants, computed once on the CPU so every device uses the same values
-        self._shift = (255 * mean).view(1, channels, 1, 1).to(self.device)
+        self._shift = (255 * mean).view(1, channels, *(mean.shape[1:] if per_pixel else (1, 1))).to(self.device)
         self._scale = (1 / (255 * std)).view(1, channels, 1, 1).to(self.device)
         self._rows = torch.arange(height, device=self.device)
         self._cols = torch.arange(width, device=self.device)

@@ -19,7 +19,7 @@ from ablate.config import DataConfig
 from ablate.data.formats import DatasetError
 from ablate.data.sources import CIFAR10, CIFAR100, RawData, load_cifar, load_fashion_mnist, make_synthetic
 
-__all__ = ["Splits", "channel_stats", "load_dataset", "split_indices"]
+__all__ = ["Splits", "channel_stats", "load_dataset", "normalisation", "pixel_mean", "split_indices"]
 
 _READERS: dict[str, Callable[[DataConfig], RawData]] = {
     "cifar10": partial(load_cifar, source=CIFAR10),
@@ -41,8 +41,8 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    mean: torch.Tensor  # (C,) float32, 0..1 scale, of the training split
-    std: torch.Tensor  # (C,) float32, 0..1 scale, of the training split
+    mean: torch.Tensor  # float32, 0..1 scale, of the training split: (C,) per channel, or (C, H, W) per pixel
+    std: torch.Tensor  # (C,) float32, 0..1 scale, of the training split (ones with data.normalize=pixel)
 
     @property
     def in_channels(self) -> int:
@@ -58,8 +58,8 @@ def load_dataset(cfg: DataConfig) -> Splits:
     """Read (or generate) the data set ``cfg.name`` and split it.
 
     Operation order: read train and test sets -> hold out ``val_size`` training images (seeded
-    permutation) -> subsample ``train_size`` / ``test_size`` (seeded) -> per-channel mean and std
-    of the training split.
+    permutation) -> subsample ``train_size`` / ``test_size`` (seeded) -> the normalisation statistics
+    of the training split (:func:`normalisation`).
 
     >>> splits = load_dataset(DataConfig(name="synthetic", val_size=100))
     >>> splits.train_x.shape, splits.val_x.shape, splits.test_x.shape
@@ -70,7 +70,7 @@ def load_dataset(cfg: DataConfig) -> Splits:
         raise DatasetError(f"unknown data set {cfg.name!r}; known: {', '.join(_READERS)}")
     raw = reader(cfg)
     train, val, test = split_indices(len(raw.train_y), len(raw.test_y), cfg)
-    mean, std = channel_stats(raw.train_x[train])
+    mean, std = normalisation(raw.train_x[train], cfg.normalize)
 
     def tensors(x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(np.ascontiguousarray(x[index])), torch.from_numpy(y[index].astype(np.int64))
@@ -111,6 +111,28 @@ def _subsample(rng: np.random.Generator, index: np.ndarray, size: int | None, wh
     if size > len(index):
         raise DatasetError(f"{what}: asked for {size} images but only {len(index)} are available")
     return np.sort(rng.choice(index, size=size, replace=False))
+
+
+def normalisation(x: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``mean`` and ``std`` that :class:`~ablate.data.DeviceData` normalises with, 0..1 scale.
+
+    ``channel``: per-channel mean and std (:func:`channel_stats`), the common modern choice.
+    ``pixel``: the paper's "per-pixel mean subtracted" (He et al. 2015, sec. 4.2): the mean image
+    (C, H, W) of the training split, and a std of one, so inputs are ``x / 255 - mean image``.
+    """
+    if how == "channel":
+        return channel_stats(x)
+    if how == "pixel":
+        return pixel_mean(x), np.ones(x.shape[1], np.float32)
+    raise ValueError(f"data.normalize must be 'channel' or 'pixel', got {how!r}")
+
+
+def pixel_mean(x: np.ndarray) -> np.ndarray:
+    """The mean image (C, H, W) of uint8 images (N, C, H, W) on the 0..1 scale, summed in float64 chunks."""
+    total = np.zeros(x.shape[1:], np.float64)
+    for start in range(0, len(x), 4096):  # bounded memory: never a float copy of the whole split
+        total += x[start : start + 4096].sum(axis=0, dtype=np.float64)
+    return (total / (255.0 * max(len(x), 1))).astype(np.float32)
 
 
 def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
