@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from mlflow_records import FakeTrial, Invocation, log_study, new_tracking_uri, replicates
 
 from ablate.report import UnknownStudyError, format_studies, list_studies, make_report
-from ablate.report.aggregate import Stat, coupled_keys, summarize
+from ablate.report.aggregate import ConfigSummary, Stat, coupled_keys, summarize
 from ablate.report.diagnose import Difference, Tolerance, diagnose
 from ablate.tracking.reader import load_study_records
 
@@ -148,6 +148,22 @@ def test_shortcut_differences_are_weighed_against_the_seed_spread(store):
     assert findings[("shortcut", "plain20", "resnet20")].verdict == "clear difference"
     assert findings[("shortcut", "resnet32", "resnet32-B")].verdict == "no clear difference"
     assert findings[("depth", "resnet20", "resnet32")].verdict == "no clear difference"  # 1.6 and 1.1 pooled std
+
+
+def test_warmup_policies_are_compared_like_shortcuts():
+    def summary(policy, errors):
+        params = {"model.n": 18, "model.shortcut": "A", "trainer.warmup.policy": policy}
+        return ConfigSummary(f"resnet110-{policy}", f"resnet110 warmup.policy={policy}", params, (),
+                             {"train_error": Stat.of(errors)})  # fmt: skip
+
+    none, paper, linear = summary("none", [0.30, 0.31, 0.32]), summary("paper", [0.20, 0.21, 0.22]), summary(
+        "linear", [0.30, 0.32, 0.31]
+    )
+    findings = {frozenset(f.labels): f for f in diagnose([none, paper, linear], metric="train_error", tolerance=TOLERANCE)}
+    assert {f.kind for f in findings.values()} == {"warm-up"} and len(findings) == 3
+    clear = findings[frozenset((none.label, paper.label))]
+    assert clear.verdict == "clear difference" and "warm-up paper has clearly lower train error" in clear.text
+    assert findings[frozenset((none.label, linear.label))].verdict == "no clear difference"
 
 
 def test_settings_the_study_ties_to_depth_do_not_split_a_family(store):

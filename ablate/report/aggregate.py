@@ -192,6 +192,8 @@ def describe(summary: ConfigSummary, keys: Iterable[str]) -> str:
             words.append("plain" if value == "none" else f"shortcut {value}")
         elif key == "model.n":
             words.append(f"depth {summary.depth}")
+        elif key == "trainer.warmup.policy":
+            words.append(f"warm-up {value}")
         elif key.startswith("model."):
             words.append(f"{key.removeprefix('model.')} {value}")
         else:
