@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -138,16 +138,15 @@ def train(
 ) -> TrainResult:
     """Train ``config`` and call ``report(metrics)`` at every evaluation point; see the module docstring.
 
-    ``checkpoint_dir``: write ``checkpoint.pt`` there before each report. ``resume_from``: a directory
-    with ``checkpoint.pt`` to continue from exactly.
+    ``checkpoint_dir``: write ``checkpoint.pt`` there before each report (not before the report of a
+    diverged run). ``resume_from``: a directory with ``checkpoint.pt`` to continue from exactly.
+
+    Operation order: :func:`_setup` (data, model, optimiser, position) -> :func:`_step` per iteration
+    -> :func:`_evaluate_and_report` at each evaluation point, until the run's length or a divergence.
     """
-    t = config.trainer
-    device = resolve_device(t.device)
-    fast = speed_defaults(device)
-    use_bf16 = fast if t.bf16 is None else t.bf16
-    channels_last = fast if t.channels_last is None else t.channels_last
-    with _deterministic(t.deterministic):
-        return _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resume_from)
+    with _deterministic(config.trainer.deterministic):
+        run = _setup(config, resume_from)
+        return _loop(run, report, None if checkpoint_dir is None else Path(checkpoint_dir))
 
 
 @contextmanager
@@ -161,94 +160,172 @@ def _deterministic(enabled: bool):
         torch.use_deterministic_algorithms(before)
 
 
-def _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resume_from) -> TrainResult:
+@dataclass(eq=False)
+class _Run:
+    """One run's working set, built once by :func:`_setup`; the step and the evaluation read and advance it."""
+
+    config: TrainConfig
+    device: torch.device
+    model: torch.nn.Module  # the network itself: state, parts(), response_modules()
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    autocast: AbstractContextManager  # bf16 autocast, or a no-op
+    train_data: DeviceData
+    val_data: DeviceData | None  # None when data.val_size = 0
+    test_data: DeviceData | None
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]  # endless training batches, epoch after epoch
+    batches_per_epoch: int
+    total: int  # run length in iterations
+    eval_every: int  # iterations between evaluation points
+    warmup: PaperWarmup
+    pos: _Position
+    parts: dict[str, torch.nn.Module]  # per-part gradient norms
+    window: _Window
+    warm_wrong: torch.Tensor  # wrong predictions since the last warm-up check, on the device
+    started: float  # perf_counter() of the run's start, time before a resume included
+
+
+def _setup(config: TrainConfig, resume_from: str | os.PathLike | None) -> _Run:
+    """Data on the device, the model (seeded initialisation), the optimiser, and the position (resumed or new)."""
     t = config.trainer
+    device = resolve_device(t.device)
+    fast = speed_defaults(device)
+    use_bf16 = fast if t.bf16 is None else t.bf16
+    channels_last = fast if t.channels_last is None else t.channels_last
+
     splits = load_dataset(config.data)
     torch.manual_seed(config.seed)  # initialisation; data order uses its own generator below
     model = build_model(config.model, in_channels=splits.in_channels, num_classes=splits.num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, mode=t.compile_mode) if t.compile else model
     train_data, val_data, test_data = _device_splits(splits, device, channels_last)
+    optimizer = _optimizer(model, config)
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        nesterov=t.nesterov, foreach=True,
-    )
     batches_per_epoch = train_data.batches_per_epoch(t.batch_size)
     if batches_per_epoch == 0:
         raise ValueError(
             f"data: {len(train_data)} training images is fewer than one batch (trainer.batch_size={t.batch_size})"
         )
-    total = t.epochs * batches_per_epoch if t.epochs else t.iterations
-    eval_every = t.eval_every or batches_per_epoch
     generator = torch.Generator().manual_seed(config.seed)
-    warmup = PaperWarmup.start(t)
-    pos = _Position()
+    warmup, pos = PaperWarmup.start(t), _Position()
     if resume_from is not None:
         pos, warmup = _load_checkpoint(Path(resume_from), model, optimizer, generator)
-
     parts = model.parts()
-    window = _Window(device, list(parts))
-    warm_wrong = torch.zeros((), dtype=torch.float64, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    started = time.perf_counter() - pos.wall_time
-    batches = _epoch_batches(train_data, t.batch_size, generator, config.data.augment, pos)
+    return _Run(
+        config=config, device=device, model=model,
+        forward=torch.compile(model, mode=t.compile_mode) if t.compile else model,
+        optimizer=optimizer,
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext(),
+        train_data=train_data, val_data=val_data, test_data=test_data,
+        batches=_epoch_batches(train_data, t.batch_size, generator, config.data.augment, pos),
+        batches_per_epoch=batches_per_epoch,
+        total=t.epochs * batches_per_epoch if t.epochs else t.iterations,
+        eval_every=t.eval_every or batches_per_epoch,
+        warmup=warmup, pos=pos, parts=parts, window=_Window(device, list(parts)),
+        warm_wrong=torch.zeros((), dtype=torch.float64, device=device),
+        started=time.perf_counter() - pos.wall_time,
+    )
 
-    model.train()
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with the recipe's momentum, weight decay and Nesterov switch (paper sec. 4.2); lr set per step."""
+    t = config.trainer
+    return torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        nesterov=t.nesterov, foreach=True,
+    )
+
+
+def _loop(run: _Run, report: Report, checkpoint_dir: Path | None) -> TrainResult:
+    """Steps until the run's length; at each evaluation point (or a divergence) evaluate and report.
+
+    Nothing here waits for the device except the warm-up checks (while warm-up lasts) and one
+    finiteness check every ``DIVERGENCE_CHECK_EVERY`` iterations.
+    """
+    pos = run.pos
+    run.model.train()
     tick = time.perf_counter()
-    while pos.iteration < total:
-        x, y = next(batches)
-        lr = learning_rate(t, pos.iteration, total, warming_up=warmup.active)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        pos.iteration += 1
-        if pos.iteration % t.grad_norm_every == 0:
-            _add_grad_norms(window, parts)
-        optimizer.step()
-        wrong = (logits.argmax(1) != y).sum()
-        window.add(loss.detach(), wrong, y.numel())
-
-        if warmup.active:
-            warm_wrong += wrong
-            if warmup.needs_check(t, pos.iteration):
-                window_error = warm_wrong.item() / (t.warmup.check_every * t.batch_size)
-                warmup.update(t, pos.iteration, window_error)
-                warm_wrong.zero_()
-        diverged = pos.iteration % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(window.loss).item()
-        at_eval = pos.iteration % eval_every == 0 or pos.iteration == total
+    while pos.iteration < run.total:
+        lr, wrong = _step(run)
+        if run.warmup.active:
+            _check_warmup(run, wrong)
+        diverged = pos.iteration % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(run.window.loss).item()
+        at_eval = pos.iteration % run.eval_every == 0 or pos.iteration == run.total
         if not (at_eval or diverged):
             continue
-
-        _sync(device)
-        window.train_seconds += time.perf_counter() - tick
-        metrics = _window_metrics(window, pos, batches_per_epoch, lr, started)
-        if diverged or not math.isfinite(metrics["train_loss"]):
-            metrics["status"] = "diverged"
-            pos.history.append(metrics)
-            report(metrics)
+        _sync(run.device)
+        run.window.train_seconds += time.perf_counter() - tick
+        metrics = _evaluate_and_report(run, lr, report, checkpoint_dir, diverged=diverged)
+        if metrics["status"] == "diverged":
             return TrainResult("diverged", pos.history)
-        metrics |= _evaluate(forward, model, val_data, test_data, t.eval_batch_size, autocast)
-        metrics["status"] = "running"
-        if pos.iteration == total:
-            responses = layer_responses(model, test_data or val_data, t.eval_batch_size, autocast)
-            metrics |= {"status": "finished", "layer_responses": responses}
-        pos.history.append(metrics)
-        pos.wall_time = time.perf_counter() - started
-        if checkpoint_dir is not None:
-            _save_checkpoint(Path(checkpoint_dir), model, optimizer, pos, warmup)
-        report(metrics)
-        window.reset()
-        model.train()
         tick = time.perf_counter()
-
     final = pos.history[-1] if pos.history else {}
     return TrainResult("finished", pos.history, final.get("layer_responses"))
+
+
+def _step(run: _Run) -> tuple[float, torch.Tensor]:
+    """One iteration: set the lr, forward (autocast), backward, sample gradient norms, update, add to the window.
+
+    Returns the lr used and the batch's wrong predictions (a device tensor: no sync).
+    """
+    t, pos = run.config.trainer, run.pos
+    x, y = next(run.batches)
+    lr = learning_rate(t, pos.iteration, run.total, warming_up=run.warmup.active)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with run.autocast:
+        logits = run.forward(x)
+        loss = F.cross_entropy(logits, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    pos.iteration += 1
+    if pos.iteration % t.grad_norm_every == 0:
+        _add_grad_norms(run.window, run.parts)
+    run.optimizer.step()
+    wrong = (logits.argmax(1) != y).sum()
+    run.window.add(loss.detach(), wrong, y.numel())
+    return lr, wrong
+
+
+def _check_warmup(run: _Run, wrong: torch.Tensor) -> None:
+    """The paper's warm-up: every ``check_every`` iterations, the window's training error decides whether it ends."""
+    t = run.config.trainer
+    run.warm_wrong += wrong
+    if run.warmup.needs_check(t, run.pos.iteration):
+        window_error = run.warm_wrong.item() / (t.warmup.check_every * t.batch_size)
+        run.warmup.update(t, run.pos.iteration, window_error)
+        run.warm_wrong.zero_()
+
+
+def _evaluate_and_report(
+    run: _Run, lr: float, report: Report, checkpoint_dir: Path | None, *, diverged: bool
+) -> dict[str, Any]:
+    """The metrics of the window since the last report, then ``report(metrics)``; returns them.
+
+    Diverged (a non-finite loss): status ``diverged``, no evaluation, no checkpoint. Otherwise:
+    validation and test errors -> at the run's end, the layer responses and status ``finished`` ->
+    the checkpoint -> ``report`` -> a fresh window.
+    """
+    pos, t = run.pos, run.config.trainer
+    metrics = _window_metrics(run.window, pos, run.batches_per_epoch, lr, run.started)
+    if diverged or not math.isfinite(metrics["train_loss"]):
+        metrics["status"] = "diverged"
+        pos.history.append(metrics)
+        report(metrics)
+        return metrics
+    metrics |= _evaluate(run.forward, run.model, run.val_data, run.test_data, t.eval_batch_size, run.autocast)
+    metrics["status"] = "running"
+    if pos.iteration == run.total:
+        responses = layer_responses(run.model, run.test_data or run.val_data, t.eval_batch_size, run.autocast)
+        metrics |= {"status": "finished", "layer_responses": responses}
+    pos.history.append(metrics)
+    pos.wall_time = time.perf_counter() - run.started
+    if checkpoint_dir is not None:
+        _save_checkpoint(checkpoint_dir, run.model, run.optimizer, pos, run.warmup)
+    report(metrics)
+    run.window.reset()
+    run.model.train()
+    return metrics
 
 
 # -- pieces of the loop ---------------------------------------------------------------------------
