@@ -110,20 +110,15 @@ def _parser() -> argparse.ArgumentParser:
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any key, e.g. --set trainer.epochs=2 (repeatable; VALUE is parsed as YAML)",
+        help="override any key, e.g. --set trainer.epochs=2 (repeatable; VALUE is parsed as YAML, 1e3 a number)",
     )
 
 
-def _parse_sets(pairs: Sequence[str]) -> dict:
-    import yaml
+def _parse_sets(pairs: Sequence[str], source: str) -> dict:
+    """``--set`` pairs -> ``{key path: value}``, parsed as ``plan`` and ``run`` parse them (one parser)."""
+    from ablate.study.files import parse_override
 
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. trainer.epochs=2")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return dict(parse_override(pair, source) for pair in pairs)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -162,7 +157,7 @@ def _train(args) -> int:
         flags["trainer.epochs"] = args.epochs
     if args.iterations:
         flags["trainer.iterations"] = args.iterations
-    config = with_overrides(TrainConfig(), flags | _parse_sets(args.overrides), source="ablate train")
+    config = with_overrides(TrainConfig(), flags | _parse_sets(args.overrides, "command line"), source="command line")
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (the folder holding checkpoint.pt)")
 

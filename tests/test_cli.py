@@ -65,6 +65,33 @@ def test_train_errors_are_one_message_with_exit_status_2(tmp_path, capsys):
     assert "trainer.warmup.policy" in capsys.readouterr().err
 
 
+TINY_SYNTHETIC = ["--data", "synthetic", "--n", "1", "--device", "cpu", "--set", "model.base_width=4",
+                  "--set", "data.synthetic_shape=[3,8,8]", "--set", "data.synthetic_train=96",
+                  "--set", "data.val_size=32", "--set", "trainer.batch_size=16", "--set", "trainer.eval_every=5"]
+
+
+def test_set_values_parse_the_same_in_train_and_plan(capsys):
+    """One parser for every command's --set: 1e1 is the integer 10 in both, 2.5 is refused by both alike."""
+    assert main(["train", *TINY_SYNTHETIC, "--set", "trainer.iterations=1e1"]) == 0
+    out = capsys.readouterr().out
+    assert "it      5" in out and "it     10" in out and "status: finished" in out
+    assert main(["plan", str(REPO / "studies/shortcuts.yaml"), "--json", "--set", "trainer.iterations=1e3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["iterations"] for row in rows} == {1000} and all(type(row["iterations"]) is int for row in rows)
+
+    messages = []
+    for command in (["train", *TINY_SYNTHETIC], ["plan", str(REPO / "studies/shortcuts.yaml")]):
+        assert main([*command, "--set", "trainer.iterations=2.5e0"]) == 2
+        err = capsys.readouterr().err
+        assert "trainer.iterations" in err and "fractional part" in err and "2.5" in err
+        messages.append(err.rsplit("trainer.iterations: ", 1)[1])
+    assert messages[0] == messages[1]  # the same words after the key, whichever command
+    for command in ("train", "plan"):
+        assert main([command, *([str(REPO / "studies/shortcuts.yaml")] if command == "plan" else []),
+                     "--set", "trainer.iterations"]) == 2
+        assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
 def test_invalid_study_exits_2_with_one_message_no_traceback_and_no_records(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "bad", "question": "?", "model": {"shortcut": "D"}}))
