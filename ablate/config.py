@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ablate.errors import UserError
 
 __all__ = [
+    "PAPER_ITERATIONS",
     "ConfigError",
     "DataConfig",
     "ModelSpec",
@@ -43,6 +44,8 @@ __all__ = [
 Block = Literal["basic", "bottleneck", "preact", "preact_bottleneck"]
 Shortcut = Literal["A", "B", "C", "none"]
 DatasetName = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
+
+PAPER_ITERATIONS = 64_000  # the paper's run length (sec. 4.2), used when neither iterations nor epochs is set
 
 # Weighted layers per residual unit, by block type: depth = LAYERS_PER_UNIT * 3n + 2.
 LAYERS_PER_UNIT = {"basic": 2, "preact": 2, "bottleneck": 3, "preact_bottleneck": 3}
@@ -131,7 +134,7 @@ class TrainerConfig(_Frozen):
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum (paper: 0.9)
     weight_decay: float = Field(1e-4, ge=0)  # L2 on all weights (paper: 1e-4)
     nesterov: bool = False  # Nesterov momentum (paper: off)
-    iterations: int = Field(64000, ge=1)  # run length in iterations (paper: 64k); ignored when epochs is set
+    iterations: int | None = Field(None, ge=1)  # run length in iterations; None: PAPER_ITERATIONS unless epochs is set
     epochs: int | None = Field(None, ge=1)  # run length in epochs instead (iterations = epochs * batches per epoch)
     schedule: Literal["step", "cosine", "constant"] = "step"  # lr schedule after warm-up
     milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of the run where lr *= gamma (paper: 32k/64k, 48k/64k)
@@ -153,6 +156,21 @@ class TrainerConfig(_Frozen):
         if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
             raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), got {list(ms)}")
         return self
+
+    @model_validator(mode="after")
+    def _one_run_length(self) -> "TrainerConfig":
+        if self.iterations is not None and self.epochs is not None:
+            raise ValueError(
+                f"iterations ({self.iterations}) and epochs ({self.epochs}) are both set; the run length is one "
+                "of them: set the other to null (e.g. --set trainer.iterations=null)"
+            )
+        return self
+
+    def run_length(self, batches_per_epoch: int) -> int:
+        """Iterations of the run: ``epochs`` x ``batches_per_epoch``, else ``iterations``, else the paper's 64k."""
+        if self.epochs is not None:
+            return self.epochs * batches_per_epoch
+        return PAPER_ITERATIONS if self.iterations is None else self.iterations
 
 
 class TrainConfig(_Frozen):

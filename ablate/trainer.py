@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ablate.config import TrainConfig
+from ablate.config import ConfigError, TrainConfig
 from ablate.data import DeviceData, Splits, load_dataset
 from ablate.models import build_model
 from ablate.schedule import PaperWarmup, learning_rate
@@ -67,7 +67,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError(f"trainer.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
     return device
 
 
@@ -201,11 +201,12 @@ def _setup(config: TrainConfig, resume_from: str | os.PathLike | None) -> _Run:
     train_data, val_data, test_data = _device_splits(splits, device, channels_last)
     optimizer = _optimizer(model, config)
 
-    batches_per_epoch = train_data.batches_per_epoch(t.batch_size)
-    if batches_per_epoch == 0:
-        raise ValueError(
-            f"data: {len(train_data)} training images is fewer than one batch (trainer.batch_size={t.batch_size})"
+    if len(train_data) < t.batch_size:  # a user's config, not a bug: say which keys to change
+        raise ConfigError(
+            f"data: {len(train_data)} training images is fewer than one batch (trainer.batch_size={t.batch_size}); "
+            "lower trainer.batch_size or use more data (data.train_size, data.val_size)"
         )
+    batches_per_epoch = train_data.batches_per_epoch(t.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
     warmup, pos = PaperWarmup.start(t), _Position()
     if resume_from is not None:
@@ -219,7 +220,7 @@ def _setup(config: TrainConfig, resume_from: str | os.PathLike | None) -> _Run:
         train_data=train_data, val_data=val_data, test_data=test_data,
         batches=_epoch_batches(train_data, t.batch_size, generator, config.data.augment, pos),
         batches_per_epoch=batches_per_epoch,
-        total=t.epochs * batches_per_epoch if t.epochs else t.iterations,
+        total=t.run_length(batches_per_epoch),
         eval_every=t.eval_every or batches_per_epoch,
         warmup=warmup, pos=pos, parts=parts, window=_Window(device, list(parts)),
         warm_wrong=torch.zeros((), dtype=torch.float64, device=device),

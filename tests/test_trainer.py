@@ -35,7 +35,9 @@ def without_timing(history):
 
 def test_paper_schedule_at_the_papers_iterations():
     cfg = TrainerConfig()  # lr 0.1, /10 at 32k and 48k, stop at 64k
-    lrs = {it: learning_rate(cfg, it, cfg.iterations) for it in (0, 400, 31999, 32000, 47999, 48000, 64000)}
+    total = cfg.run_length(batches_per_epoch=352)  # neither iterations nor epochs set: the paper's 64k
+    assert total == 64000
+    lrs = {it: learning_rate(cfg, it, total) for it in (0, 400, 31999, 32000, 47999, 48000, 64000)}
     assert lrs[0] == lrs[400] == lrs[31999] == pytest.approx(0.1)
     assert lrs[32000] == lrs[47999] == pytest.approx(0.01)
     assert lrs[48000] == lrs[64000] == pytest.approx(0.001)
@@ -90,7 +92,7 @@ def test_reports_every_evaluation_with_the_documented_metrics():
 
 def test_epochs_set_the_length_in_epochs():
     seen = []
-    train(tiny(epochs=2, eval_every=None), seen.append)  # 320 training images / 32 = 10 batches per epoch
+    train(tiny(iterations=None, epochs=2, eval_every=None), seen.append)  # 320 training images / 32 = 10 batches per epoch
     assert [m["iteration"] for m in seen] == [10, 20]
     assert [m["epoch"] for m in seen] == [1.0, 2.0]
 

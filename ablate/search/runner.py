@@ -31,6 +31,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
+from ablate.errors import UserError
 from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
@@ -145,7 +146,7 @@ def _resources(study: Study) -> dict[str, float]:
               "running on CPU (set resources.gpu=0 to silence this)", flush=True)
         gpu = 0
     if cpu > cluster.get("CPU", 0):
-        raise ValueError(
+        raise UserError(
             f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cluster.get('CPU', 0):g}; "
             f"use --set resources.cpu=N with N <= {cluster.get('CPU', 0):g}"
         )
@@ -211,7 +212,7 @@ def _connect_ray(address: str | None) -> bool:
         return False
     target = address or os.environ.get("RAY_ADDRESS", "")
     if target.startswith("ray://"):
-        raise ValueError(
+        raise UserError(
             f"address {target!r}: Ray Client addresses are not supported (this process writes the MLflow "
             "records); run `ablate run` on a node of the cluster with --address auto or HOST:PORT"
         )

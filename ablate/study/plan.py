@@ -47,11 +47,9 @@ def training_images(data: DataConfig) -> int:
 
 
 def train_iterations(config: TrainConfig) -> int:
-    """Run length in iterations: ``trainer.iterations``, or epochs x full batches per epoch (drop_last)."""
+    """Run length in iterations, by the trainer's rule (:meth:`TrainerConfig.run_length`), full batches per epoch."""
     trainer = config.trainer
-    if trainer.epochs is None:
-        return trainer.iterations
-    return trainer.epochs * (training_images(config.data) // trainer.batch_size)
+    return trainer.run_length(training_images(config.data) // trainer.batch_size)
 
 
 def plan_rows(study: Study) -> list[dict]:
