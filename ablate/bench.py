@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError, DataConfig, ModelSpec, TrainConfig, TrainerConfig
 from ablate.data import load_dataset
+from ablate.metrics import Status
 from ablate.models import build_model, model_spec
 from ablate.trainer import resolve_device, speed_defaults, train
 
@@ -193,7 +194,7 @@ def _measure_fast(config: TrainConfig, barrier=None) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(config, report)
     wall = time.perf_counter() - start
-    if result.status != "finished":
+    if result.status != Status.FINISHED:
         raise RuntimeError(f"bench: the shared trainer ended with status {result.status!r} on {config.model.name}")
     batch = config.trainer.batch_size
     windows, done = [], 0  # (images, training seconds) per report window

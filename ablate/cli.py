@@ -157,6 +157,7 @@ def _models(args) -> int:
 def _train(args) -> int:
     from ablate.config import TrainConfig, with_overrides
     from ablate.models import model_spec
+    from ablate.metrics import Status
     from ablate.trainer import CHECKPOINT_FILE, train
 
     flags = {"data.name": args.data, "seed": args.seed, "trainer.device": args.device}
@@ -183,7 +184,7 @@ def _train(args) -> int:
         resume_from=args.checkpoint_dir if args.resume else None,
     )
     print(f"status: {result.status}")
-    return 0 if result.status == "finished" else 1
+    return 0 if result.status == Status.FINISHED else 1
 
 
 def _print_progress(m: dict) -> None:

@@ -37,22 +37,23 @@ import torch.nn.functional as F
 
 from ablate.config import ConfigError, TrainConfig
 from ablate.data import DeviceData, Splits, load_dataset
+from ablate.metrics import GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
 from ablate.models import build_model
 from ablate.schedule import PaperWarmup, learning_rate
 
-__all__ = ["CHECKPOINT_FILE", "TrainResult", "resolve_device", "speed_defaults", "train"]
+__all__ = ["CHECKPOINT_FILE", "ReportCallback", "TrainResult", "resolve_device", "speed_defaults", "train"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DIVERGENCE_CHECK_EVERY = 50  # iterations between non-finite loss checks (each one syncs the device)
 
-Report = Callable[[dict[str, Any]], None]
+ReportCallback = Callable[[dict[str, Any]], None]  # report(metrics): the keys are declared in ablate.metrics
 
 
 @dataclass
 class TrainResult:
     """What one run produced: its status, every reported metric dict, and the layer responses."""
 
-    status: str  # finished | diverged
+    status: str  # one of TRAINER_END_STATUSES: finished | diverged
     history: list[dict[str, Any]] = field(default_factory=list)
     layer_responses: dict[str, list] | None = None  # {"names": [...], "std": [...]} in network order
 
@@ -131,7 +132,7 @@ class _Position:
 
 def train(
     config: TrainConfig,
-    report: Report,
+    report: ReportCallback,
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
@@ -237,7 +238,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     )
 
 
-def _loop(run: _Run, report: Report, checkpoint_dir: Path | None) -> TrainResult:
+def _loop(run: _Run, report: ReportCallback, checkpoint_dir: Path | None) -> TrainResult:
     """Steps until the run's length; at each evaluation point (or a divergence) evaluate and report.
 
     Nothing here waits for the device except the warm-up checks (while warm-up lasts) and one
@@ -257,11 +258,11 @@ def _loop(run: _Run, report: Report, checkpoint_dir: Path | None) -> TrainResult
         _sync(run.device)
         run.window.train_seconds += time.perf_counter() - tick
         metrics = _evaluate_and_report(run, lr, report, checkpoint_dir, diverged=diverged)
-        if metrics["status"] == "diverged":
-            return TrainResult("diverged", pos.history)
+        if metrics[STATUS] == Status.DIVERGED:
+            return TrainResult(Status.DIVERGED, pos.history)
         tick = time.perf_counter()
     final = pos.history[-1] if pos.history else {}
-    return TrainResult("finished", pos.history, final.get("layer_responses"))
+    return TrainResult(Status.FINISHED, pos.history, final.get(LAYER_RESPONSES))
 
 
 def _step(run: _Run) -> tuple[float, torch.Tensor]:
@@ -299,7 +300,7 @@ def _check_warmup(run: _Run, wrong: torch.Tensor) -> None:
 
 
 def _evaluate_and_report(
-    run: _Run, lr: float, report: Report, checkpoint_dir: Path | None, *, diverged: bool
+    run: _Run, lr: float, report: ReportCallback, checkpoint_dir: Path | None, *, diverged: bool
 ) -> dict[str, Any]:
     """The metrics of the window since the last report, then ``report(metrics)``; returns them.
 
@@ -310,15 +311,15 @@ def _evaluate_and_report(
     pos, t = run.pos, run.config.trainer
     metrics = _window_metrics(run.window, pos, run.batches_per_epoch, lr, run.started)
     if diverged or not math.isfinite(metrics["train_loss"]):
-        metrics["status"] = "diverged"
+        metrics[STATUS] = Status.DIVERGED
         pos.history.append(metrics)
         report(metrics)
         return metrics
     metrics |= _evaluate(run.forward, run.model, run.val_data, run.test_data, t.eval_batch_size, run.autocast)
-    metrics["status"] = "running"
+    metrics[STATUS] = Status.RUNNING
     if pos.iteration == run.total:
         responses = layer_responses(run.model, run.test_data or run.val_data, t.eval_batch_size, run.autocast)
-        metrics |= {"status": "finished", "layer_responses": responses}
+        metrics |= {STATUS: Status.FINISHED, LAYER_RESPONSES: responses}
     pos.history.append(metrics)
     pos.wall_time = time.perf_counter() - run.started
     if checkpoint_dir is not None:
@@ -368,9 +369,10 @@ def _add_grad_norms(window: _Window, parts: dict[str, torch.nn.Module]) -> None:
 
 
 def _window_metrics(window: _Window, pos: _Position, batches_per_epoch: int, lr: float, started: float) -> dict:
+    """The training side of a report (keys: :mod:`ablate.metrics`); ``_evaluate`` adds val/test errors."""
     images = max(window.images, 1)
     metrics = {
-        "iteration": pos.iteration,
+        ITERATION: pos.iteration,
         "epoch": pos.iteration / batches_per_epoch,
         "train_loss": window.loss.item() / images,
         "train_error": window.wrong.item() / images,
@@ -379,7 +381,7 @@ def _window_metrics(window: _Window, pos: _Position, batches_per_epoch: int, lr:
         "wall_time": time.perf_counter() - started,
     }
     for name, total in window.grad_norms.items():
-        metrics[f"grad_norm/{name}"] = total.item() / max(window.grad_samples, 1)
+        metrics[GRAD_NORM_PREFIX + name] = total.item() / max(window.grad_samples, 1)
     return metrics
 
 

@@ -20,8 +20,8 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ablate.config import TrainConfig
+from ablate.metrics import LAYER_RESPONSES, STATUS, TRAINER_END_STATUSES, Status
 from ablate.models import count_macs, count_params
-from ablate.search.trainable import RESPONSES
 from ablate.study import data_shape
 from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
@@ -92,15 +92,15 @@ class Recorder(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         result = trial.last_result or {}
-        status = result.get("status")
-        status = status if status in ("finished", "diverged") else "stopped"
-        responses = json.loads(result[RESPONSES]) if RESPONSES in result else None
+        status = result.get(STATUS)
+        status = status if status in TRAINER_END_STATUSES else Status.STOPPED
+        responses = json.loads(result[LAYER_RESPONSES]) if LAYER_RESPONSES in result else None
         self.writer.end_trial(trial.trial_id, status, final=result, layer_responses=responses)
         self.ended[trial.trial_id] = status
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self.writer.end_trial(trial.trial_id, "failed", error=_error_text(trial))
-        self.ended[trial.trial_id] = "failed"
+        self.writer.end_trial(trial.trial_id, Status.FAILED, error=_error_text(trial))
+        self.ended[trial.trial_id] = Status.FAILED
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         self.done_before = sum(t.trial_id not in self.started and t.status == Trial.TERMINATED for t in trials)
@@ -131,7 +131,7 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         result = trial.last_result or {}
-        status = result.get("status") if result.get("status") in ("finished", "diverged") else "stopped early"
+        status = result.get(STATUS) if result.get(STATUS) in TRAINER_END_STATUSES else "stopped early"
         value = result.get(self.metric)
         shown = f", {self.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
         print(f"  {trial_name(trial)}: {status} at iteration {result.get('iteration', 0)}{shown}", flush=True)

@@ -32,6 +32,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from ablate.errors import UserError
+from ablate.metrics import Status
 from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
@@ -103,15 +104,15 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
     )
     recorder = Recorder(writer, expected=study.num_trials)
     callbacks = [recorder, Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials)]
-    status = "failed"
+    status = Status.FAILED
     try:
         with _quiet_ray():
             build = _restore if resume else _tuner
             tuner = build(study, trainable, experiment, callbacks)
             tuner.fit()
-        status = "finished" if recorder.complete else "interrupted"
+        status = Status.FINISHED if recorder.complete else Status.INTERRUPTED
     except KeyboardInterrupt:
-        status = "interrupted"
+        status = Status.INTERRUPTED
         raise
     finally:
         writer.end_study(status)
@@ -264,8 +265,8 @@ def _summary(study: Study, recorder: Recorder, status: str, writer: StudyWriter)
     before = f", {recorder.done_before} ended in earlier runs" if recorder.done_before else ""
     print(f"study {study.name}: {status}; trials of this run: {ended}{before} (of {study.num_trials})")
     print(f"records: MLflow experiment {study.name!r} at {writer.tracking_uri}")
-    if status == "interrupted":
+    if status == Status.INTERRUPTED:
         sets = "".join(f" --set {item}" for item in study.overrides)
         print(f"continue with: ablate run {study.origin.file}{sets} --resume")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED_TRIALS if counts["failed"] else 0
+    return EXIT_FAILED_TRIALS if counts[Status.FAILED] else 0
