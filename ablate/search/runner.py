@@ -33,6 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ablate.errors import UserError
 from ablate.metrics import Status
+from ablate.paths import project_root
 from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
@@ -75,7 +76,7 @@ def run_study(
         >>> run_study(load_study("studies/quickstart.yaml", ["trainer.iterations=200"]))  # doctest: +SKIP
         0
     """
-    storage = Path(storage_path).resolve() if storage_path else layout.project_root() / STORAGE_DIR
+    storage = Path(storage_path).resolve() if storage_path else project_root() / STORAGE_DIR
     experiment = storage / study.name
     if resume and not tune.Tuner.can_restore(str(experiment)):
         print(

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from ablate.paths import project_root
 from ablate.study.schema import Origin, StudyError
-from ablate.tracking.layout import project_root
 
 __all__ = ["apply_overrides", "display_path", "parse_override", "read_yaml", "resolve_space"]
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ablate.paths import project_root
+
 # tags
 TAG_STUDY = "ablate.study"  # study name, on parent and child runs
 TAG_ROLE = "ablate.role"  # "study" (parent) | "trial" (child)
@@ -53,15 +55,6 @@ PARAM_MODEL_NAME = "model.name"
 PARAM_MODEL_DEPTH = "model.depth"
 PARAM_MODEL_PARAMS = "model.params"
 PARAM_MODEL_MACS = "model.macs"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: cwd) holding ``pyproject.toml`` or ``.git``; else cwd."""
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        if (directory / "pyproject.toml").exists() or (directory / ".git").exists():
-            return directory
-    return here
 
 
 def default_tracking_uri() -> str:

@@ -36,6 +36,7 @@ from mlflow.entities import Metric, Param
 
 from ablate.config import TrainConfig, flatten
 from ablate.metrics import EVAL_METRICS, GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
+from ablate.paths import project_root
 from ablate.tracking import layout
 
 __all__ = ["MLFLOW_STATUS", "RECORDED_OTHERWISE", "StudyWriter", "reported_metrics"]
@@ -249,7 +250,7 @@ class StudyWriter:
                     tags[TAG_VERSION_PREFIX + package] = metadata.version(package)
                 except metadata.PackageNotFoundError:
                     continue
-            commit = _git_commit(layout.project_root())
+            commit = _git_commit(project_root())
             if commit:
                 tags[TAG_GIT_COMMIT] = commit
             self._provenance = tags
