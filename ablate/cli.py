@@ -23,6 +23,7 @@ from pathlib import Path
 from ablate.config import ConfigError
 from ablate.errors import UserError
 from ablate.console import text_table
+from ablate.data.catalog import dataset_names
 
 EXIT_USAGE = 2
 
@@ -57,9 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="units per stage: depth 6n+2 (basic) or 9n+2 (bottleneck)")
     p.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="none: the plain net")
     p.add_argument(
-        "--data", default="fashion-mnist",
-        help="cifar10 | cifar100 | fashion-mnist | synthetic (default fashion-mnist: on disk after scripts/install.sh, "
-             "no download; study files and DataConfig default to cifar10, the paper's data set)",
+        "--data", default="fashion-mnist", choices=dataset_names(),
+        help="the data set (default fashion-mnist: on disk after scripts/install.sh, no download; study files and "
+             "DataConfig default to cifar10, the paper's data set)",
     )
     p.add_argument("--data-root", help="directory holding the data set's files")
     length = p.add_mutually_exclusive_group()

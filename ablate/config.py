@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ablate.data.catalog import dataset_names
 from ablate.errors import UserError
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
 
 Block = Literal["basic", "bottleneck", "preact", "preact_bottleneck"]
 Shortcut = Literal["A", "B", "C", "none"]
-DatasetName = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
 
 PAPER_ITERATIONS = 64_000  # the paper's run length (sec. 4.2), used when neither iterations nor epochs is set
 
@@ -99,7 +99,7 @@ class ModelSpec(_Frozen):
 class DataConfig(_Frozen):
     """Which data set, where its files are, and how it is split and augmented."""
 
-    name: DatasetName = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
+    name: str = "cifar10"  # a data set of ablate.data.catalog: cifar10 | cifar100 | fashion-mnist | synthetic
     root: str | None = None  # directory holding the files; None: the standard places, then the cache
     download: bool = True  # fetch (with checksum) into the cache when the files are not found
     val_size: int = Field(5000, ge=0)  # held out from the training set (paper: 45k/5k); 0: no validation
@@ -113,6 +113,13 @@ class DataConfig(_Frozen):
     synthetic_classes: int = Field(10, ge=2)  # number of classes
     synthetic_train: int = Field(1000, ge=1)  # training images before the validation split
     synthetic_test: int = Field(200, ge=1)  # test images
+
+    @field_validator("name")
+    @classmethod
+    def _known_data_set(cls, name: str) -> str:
+        if name not in dataset_names():
+            raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(map(repr, dataset_names()))}")
+        return name
 
 
 class WarmupConfig(_Frozen):
@@ -229,7 +236,7 @@ def format_validation_error(err: ValidationError, *, source: str = "config", pre
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"])
         where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
-        msg = problem["msg"]
+        msg = problem["msg"].removeprefix("Value error, ")  # our validators' own messages, as written
         if problem["type"] == "extra_forbidden":
             msg = "unknown key"
         got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {problem.get('input')!r})"

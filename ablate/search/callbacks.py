@@ -20,9 +20,9 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ablate.config import TrainConfig
+from ablate.data import data_source
 from ablate.metrics import LAYER_RESPONSES, STATUS, TRAINER_END_STATUSES, Status
 from ablate.models import count_macs, count_params
-from ablate.study import data_shape
 from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
 
@@ -40,13 +40,13 @@ def trial_name(trial: Trial) -> str:
 
 def model_params(config: TrainConfig) -> dict[str, Any]:
     """``model.name``, ``model.depth``, ``model.params``, ``model.macs``, counted for the data set's shape."""
-    shape = data_shape(config.data)
-    dims = dict(in_channels=shape.in_channels, num_classes=shape.num_classes)
+    facts = data_source(config.data)
+    dims = dict(in_channels=facts.in_channels, num_classes=facts.num_classes)
     return {
         layout.PARAM_MODEL_NAME: config.model.name,
         layout.PARAM_MODEL_DEPTH: config.model.depth,
         layout.PARAM_MODEL_PARAMS: count_params(config.model, **dims),
-        layout.PARAM_MODEL_MACS: count_macs(config.model, **dims, image_size=shape.image_size),
+        layout.PARAM_MODEL_MACS: count_macs(config.model, **dims, image_size=facts.image_size),
     }
 
 
