@@ -211,7 +211,7 @@ def _setup(config: TrainConfig, resume_from: str | os.PathLike | None) -> _Run:
     generator = torch.Generator().manual_seed(config.seed)
     warmup, pos = PaperWarmup.start(t), _Position()
     if resume_from is not None:
-        pos, warmup = _load_checkpoint(Path(resume_from), model, optimizer, generator)
+        pos, warmup = _load_checkpoint(Path(resume_from), model, optimizer)
     parts = model.parts()
     return _Run(
         config=config, device=device, model=model,
@@ -458,7 +458,12 @@ def _save_checkpoint(directory: Path, model, optimizer, pos: _Position, warmup: 
     tmp.replace(directory / CHECKPOINT_FILE)
 
 
-def _load_checkpoint(directory: Path, model, optimizer, generator) -> tuple[_Position, PaperWarmup]:
+def _load_checkpoint(directory: Path, model, optimizer) -> tuple[_Position, PaperWarmup]:
+    """Model, optimiser and global RNG states restored; the position and warm-up state returned.
+
+    The data generator is not touched here: :func:`_epoch_batches` replays the interrupted epoch from
+    ``position.epoch_rng``, the one place that restores it.
+    """
     path = directory / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {directory} to resume from")
@@ -468,7 +473,4 @@ def _load_checkpoint(directory: Path, model, optimizer, generator) -> tuple[_Pos
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    pos = _Position(**state["position"])
-    if pos.epoch_rng is not None:
-        generator.set_state(pos.epoch_rng)
-    return pos, PaperWarmup.from_state(state["warmup"])
+    return _Position(**state["position"]), PaperWarmup.from_state(state["warmup"])
