@@ -2,7 +2,7 @@
 
 Training cost of one trial: ``train_flops = 6 * macs * iterations * batch_size`` (2 FLOPs per
 multiply-accumulate, forward + backward ~ 3x forward). ResNet-110 with the paper's recipe (64k
-iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (REFERENCE.md).
+iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (docs/REFERENCE.md).
 """
 
 from __future__ import annotations
