@@ -46,8 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ablate.config import DataConfig, ModelSpec, TrainConfig, TrainerConfig
+from ablate.config import ConfigError, DataConfig, ModelSpec, TrainConfig, TrainerConfig
 from ablate.data import load_dataset
+from ablate.metrics import Status
 from ablate.models import build_model, model_spec
 from ablate.trainer import resolve_device, speed_defaults, train
 
@@ -75,12 +76,12 @@ def bench_config(
     validation split, a ``TEST_IMAGES`` test set, a constant lr (the lr does not change the speed).
     """
     if steps < 1 or warmup_steps < 1:
-        raise ValueError(
+        raise ConfigError(
             f"bench needs steps >= 1 and warmup_steps >= 1 (the first steps build kernels and are never "
             f"timed), got steps={steps}, warmup_steps={warmup_steps}"
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     data = DataConfig(
         name="synthetic", synthetic_shape=(3, 32, 32), synthetic_train=batch_size * (warmup_steps + steps),
         synthetic_test=TEST_IMAGES, val_size=0,
@@ -193,7 +194,7 @@ def _measure_fast(config: TrainConfig, barrier=None) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(config, report)
     wall = time.perf_counter() - start
-    if result.status != "finished":
+    if result.status != Status.FINISHED:
         raise RuntimeError(f"bench: the shared trainer ended with status {result.status!r} on {config.model.name}")
     batch = config.trainer.batch_size
     windows, done = [], 0  # (images, training seconds) per report window
@@ -241,7 +242,7 @@ def run_bench(
     once on the same device (small trials sharing one GPU), timed together after a common barrier.
     """
     if trials < 1:
-        raise ValueError(f"trials must be >= 1 (runs sharing the device at once), got {trials}")
+        raise ConfigError(f"trials must be >= 1 (runs sharing the device at once), got {trials}")
     switches = dict(device=device, compile=compile, bf16=bf16, channels_last=channels_last)
     config = bench_config(model, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps, **switches)
     resolved = resolve_device(device)

@@ -8,7 +8,8 @@
     ablate report --study X               tables, plots and a diagnosis from the records
     ablate bench --model resnet20         training throughput against the conventional pipeline
 
-User errors (bad config, study file, data) print one message and exit with status 2.
+User errors (a bad config, study file or data set: :class:`ablate.errors.UserError`) print one message
+and exit with status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ablate.config import ConfigError
+from ablate.errors import UserError
 from ablate.console import text_table
+from ablate.data.catalog import dataset_names
 
 EXIT_USAGE = 2
 
@@ -29,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except UserError as err:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"ablate {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -43,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered networks with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (3: CIFAR, 1: Fashion-MNIST)")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--in-channels", type=_positive, default=3, help="input channels (3: CIFAR, 1: Fashion-MNIST)")
+    p.add_argument("--num-classes", type=_positive, default=10)
+    p.add_argument("--image-size", type=_positive, default=32)
     p.set_defaults(handler=_models)
 
     p = sub.add_parser("train", help="train one configuration and show progress per epoch")
@@ -53,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block", choices=["basic", "bottleneck", "preact", "preact_bottleneck"])
     p.add_argument("--n", type=int, help="units per stage: depth 6n+2 (basic) or 9n+2 (bottleneck)")
     p.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="none: the plain net")
-    p.add_argument("--data", default="fashion-mnist", help="cifar10 | cifar100 | fashion-mnist | synthetic")
+    p.add_argument(
+        "--data", default="fashion-mnist", choices=dataset_names(),
+        help="the data set (default fashion-mnist: on disk after scripts/install.sh, no download; study files and "
+             "DataConfig default to cifar10, the paper's data set)",
+    )
     p.add_argument("--data-root", help="directory holding the data set's files")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="run length in epochs")
@@ -107,23 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1 (else argparse's usage error, exit status 2)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any key, e.g. --set trainer.epochs=2 (repeatable; VALUE is parsed as YAML)",
+        help="override any key, e.g. --set trainer.epochs=2 (repeatable; VALUE is parsed as YAML, 1e3 a number)",
     )
 
 
-def _parse_sets(pairs: Sequence[str]) -> dict:
-    import yaml
+def _parse_sets(pairs: Sequence[str], source: str) -> dict:
+    """``--set`` pairs -> ``{key path: value}``, parsed as ``plan`` and ``run`` parse them (one parser)."""
+    from ablate.study.files import parse_override
 
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. trainer.epochs=2")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return dict(parse_override(pair, source) for pair in pairs)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -134,7 +144,7 @@ def _models(args) -> int:
 
     names = list_models(args.pattern)
     if not names:
-        raise ValueError(f"no registered model matches {args.pattern!r}; try 'ablate models'")
+        raise ConfigError(f"no registered model matches {args.pattern!r}; try 'ablate models'")
     dims = dict(in_channels=args.in_channels, num_classes=args.num_classes)
     rows = []
     for name in names:
@@ -148,7 +158,8 @@ def _models(args) -> int:
 def _train(args) -> int:
     from ablate.config import TrainConfig, with_overrides
     from ablate.models import model_spec
-    from ablate.trainer import train
+    from ablate.metrics import Status
+    from ablate.trainer import CHECKPOINT_FILE, train
 
     flags = {"data.name": args.data, "seed": args.seed, "trainer.device": args.device}
     if args.model:
@@ -162,9 +173,11 @@ def _train(args) -> int:
         flags["trainer.epochs"] = args.epochs
     if args.iterations:
         flags["trainer.iterations"] = args.iterations
-    config = with_overrides(TrainConfig(), flags | _parse_sets(args.overrides), source="ablate train")
+    config = with_overrides(TrainConfig(), flags | _parse_sets(args.overrides, "command line"), source="command line")
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir (the folder holding checkpoint.pt)")
+    if args.resume and not (Path(args.checkpoint_dir) / CHECKPOINT_FILE).is_file():
+        raise ConfigError(f"--resume: no {CHECKPOINT_FILE} in {args.checkpoint_dir} to resume from")
 
     print(f"training {config.model.name} on {config.data.name}, seed {config.seed}", flush=True)
     result = train(
@@ -172,7 +185,7 @@ def _train(args) -> int:
         resume_from=args.checkpoint_dir if args.resume else None,
     )
     print(f"status: {result.status}")
-    return 0 if result.status == "finished" else 1
+    return 0 if result.status == Status.FINISHED else 1
 
 
 def _print_progress(m: dict) -> None:

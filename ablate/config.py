@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ablate.data.catalog import dataset_names
 from ablate.errors import UserError
 
 __all__ = [
+    "PAPER_ITERATIONS",
     "ConfigError",
     "DataConfig",
     "ModelSpec",
@@ -42,7 +44,8 @@ __all__ = [
 
 Block = Literal["basic", "bottleneck", "preact", "preact_bottleneck"]
 Shortcut = Literal["A", "B", "C", "none"]
-DatasetName = Literal["cifar10", "cifar100", "fashion-mnist", "synthetic"]
+
+PAPER_ITERATIONS = 64_000  # the paper's run length (sec. 4.2), used when neither iterations nor epochs is set
 
 # Weighted layers per residual unit, by block type: depth = LAYERS_PER_UNIT * 3n + 2.
 LAYERS_PER_UNIT = {"basic": 2, "preact": 2, "bottleneck": 3, "preact_bottleneck": 3}
@@ -96,7 +99,7 @@ class ModelSpec(_Frozen):
 class DataConfig(_Frozen):
     """Which data set, where its files are, and how it is split and augmented."""
 
-    name: DatasetName = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
+    name: str = "cifar10"  # a data set of ablate.data.catalog: cifar10 | cifar100 | fashion-mnist | synthetic
     root: str | None = None  # directory holding the files; None: the standard places, then the cache
     download: bool = True  # fetch (with checksum) into the cache when the files are not found
     val_size: int = Field(5000, ge=0)  # held out from the training set (paper: 45k/5k); 0: no validation
@@ -110,6 +113,13 @@ class DataConfig(_Frozen):
     synthetic_classes: int = Field(10, ge=2)  # number of classes
     synthetic_train: int = Field(1000, ge=1)  # training images before the validation split
     synthetic_test: int = Field(200, ge=1)  # test images
+
+    @field_validator("name")
+    @classmethod
+    def _known_data_set(cls, name: str) -> str:
+        if name not in dataset_names():
+            raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(map(repr, dataset_names()))}")
+        return name
 
 
 class WarmupConfig(_Frozen):
@@ -131,7 +141,7 @@ class TrainerConfig(_Frozen):
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum (paper: 0.9)
     weight_decay: float = Field(1e-4, ge=0)  # L2 on all weights (paper: 1e-4)
     nesterov: bool = False  # Nesterov momentum (paper: off)
-    iterations: int = Field(64000, ge=1)  # run length in iterations (paper: 64k); ignored when epochs is set
+    iterations: int | None = Field(None, ge=1)  # run length in iterations; None: PAPER_ITERATIONS unless epochs is set
     epochs: int | None = Field(None, ge=1)  # run length in epochs instead (iterations = epochs * batches per epoch)
     schedule: Literal["step", "cosine", "constant"] = "step"  # lr schedule after warm-up
     milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of the run where lr *= gamma (paper: 32k/64k, 48k/64k)
@@ -153,6 +163,21 @@ class TrainerConfig(_Frozen):
         if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
             raise ValueError(f"milestones must be increasing fractions of the run in (0, 1), got {list(ms)}")
         return self
+
+    @model_validator(mode="after")
+    def _one_run_length(self) -> "TrainerConfig":
+        if self.iterations is not None and self.epochs is not None:
+            raise ValueError(
+                f"iterations ({self.iterations}) and epochs ({self.epochs}) are both set; the run length is one "
+                "of them: set the other to null (e.g. --set trainer.iterations=null)"
+            )
+        return self
+
+    def run_length(self, batches_per_epoch: int) -> int:
+        """Iterations of the run: ``epochs`` x ``batches_per_epoch``, else ``iterations``, else the paper's 64k."""
+        if self.epochs is not None:
+            return self.epochs * batches_per_epoch
+        return PAPER_ITERATIONS if self.iterations is None else self.iterations
 
 
 class TrainConfig(_Frozen):
@@ -211,7 +236,7 @@ def format_validation_error(err: ValidationError, *, source: str = "config", pre
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"])
         where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
-        msg = problem["msg"]
+        msg = problem["msg"].removeprefix("Value error, ")  # our validators' own messages, as written
         if problem["type"] == "extra_forbidden":
             msg = "unknown key"
         got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {problem.get('input')!r})"

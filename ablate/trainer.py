@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -35,24 +35,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ablate.config import TrainConfig
+from ablate.config import ConfigError, TrainConfig
 from ablate.data import DeviceData, Splits, load_dataset
+from ablate.metrics import GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
 from ablate.models import build_model
 from ablate.schedule import PaperWarmup, learning_rate
 
-__all__ = ["CHECKPOINT_FILE", "TrainResult", "resolve_device", "speed_defaults", "train"]
+__all__ = ["CHECKPOINT_FILE", "ReportCallback", "TrainResult", "resolve_device", "speed_defaults", "train"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DIVERGENCE_CHECK_EVERY = 50  # iterations between non-finite loss checks (each one syncs the device)
 
-Report = Callable[[dict[str, Any]], None]
+ReportCallback = Callable[[dict[str, Any]], None]  # report(metrics): the keys are declared in ablate.metrics
 
 
 @dataclass
 class TrainResult:
     """What one run produced: its status, every reported metric dict, and the layer responses."""
 
-    status: str  # finished | diverged
+    status: str  # one of TRAINER_END_STATUSES: finished | diverged
     history: list[dict[str, Any]] = field(default_factory=list)
     layer_responses: dict[str, list] | None = None  # {"names": [...], "std": [...]} in network order
 
@@ -67,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError(f"trainer.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
     return device
 
 
@@ -131,23 +132,22 @@ class _Position:
 
 def train(
     config: TrainConfig,
-    report: Report,
+    report: ReportCallback,
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train ``config`` and call ``report(metrics)`` at every evaluation point; see the module docstring.
 
-    ``checkpoint_dir``: write ``checkpoint.pt`` there before each report. ``resume_from``: a directory
-    with ``checkpoint.pt`` to continue from exactly.
+    ``checkpoint_dir``: write ``checkpoint.pt`` there before each report (not before the report of a
+    diverged run). ``resume_from``: a directory with ``checkpoint.pt`` to continue from exactly.
+
+    Operation order: :func:`_setup` (data, model, optimiser, position) -> :func:`_step` per iteration
+    -> :func:`_evaluate_and_report` at each evaluation point, until the run's length or a divergence.
     """
-    t = config.trainer
-    device = resolve_device(t.device)
-    fast = speed_defaults(device)
-    use_bf16 = fast if t.bf16 is None else t.bf16
-    channels_last = fast if t.channels_last is None else t.channels_last
-    with _deterministic(t.deterministic):
-        return _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resume_from)
+    with _deterministic(config.trainer.deterministic):
+        run = _setup(config, resume_from)
+        return _loop(run, report, None if checkpoint_dir is None else Path(checkpoint_dir))
 
 
 @contextmanager
@@ -161,94 +161,173 @@ def _deterministic(enabled: bool):
         torch.use_deterministic_algorithms(before)
 
 
-def _train(config, report, device, use_bf16, channels_last, checkpoint_dir, resume_from) -> TrainResult:
+@dataclass(eq=False)
+class _Run:
+    """One run's working set, built once by :func:`_setup`; the step and the evaluation read and advance it."""
+
+    config: TrainConfig
+    device: torch.device
+    model: torch.nn.Module  # the network itself: state, parts(), response_modules()
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    autocast: AbstractContextManager  # bf16 autocast, or a no-op
+    train_data: DeviceData
+    val_data: DeviceData | None  # None when data.val_size = 0
+    test_data: DeviceData | None
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]  # endless training batches, epoch after epoch
+    batches_per_epoch: int
+    total: int  # run length in iterations
+    eval_every: int  # iterations between evaluation points
+    warmup: PaperWarmup
+    pos: _Position
+    parts: dict[str, torch.nn.Module]  # per-part gradient norms
+    window: _Window
+    warm_wrong: torch.Tensor  # wrong predictions since the last warm-up check, on the device
+    started: float  # perf_counter() of the run's start, time before a resume included
+
+
+def _setup(config: TrainConfig, resume_from: str | os.PathLike | None) -> _Run:
+    """Data on the device, the model (seeded initialisation), the optimiser, and the position (resumed or new)."""
     t = config.trainer
+    device = resolve_device(t.device)
+    fast = speed_defaults(device)
+    use_bf16 = fast if t.bf16 is None else t.bf16
+    channels_last = fast if t.channels_last is None else t.channels_last
+
     splits = load_dataset(config.data)
     torch.manual_seed(config.seed)  # initialisation; data order uses its own generator below
     model = build_model(config.model, in_channels=splits.in_channels, num_classes=splits.num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model, mode=t.compile_mode) if t.compile else model
     train_data, val_data, test_data = _device_splits(splits, device, channels_last)
+    optimizer = _optimizer(model, config)
 
-    optimizer = torch.optim.SGD(
+    if len(train_data) < t.batch_size:  # a user's config, not a bug: say which keys to change
+        raise ConfigError(
+            f"data: {len(train_data)} training images is fewer than one batch (trainer.batch_size={t.batch_size}); "
+            "lower trainer.batch_size or use more data (data.train_size, data.val_size)"
+        )
+    batches_per_epoch = train_data.batches_per_epoch(t.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    warmup, pos = PaperWarmup.start(t), _Position()
+    if resume_from is not None:
+        pos, warmup = _load_checkpoint(Path(resume_from), model, optimizer)
+    parts = model.parts()
+    return _Run(
+        config=config, device=device, model=model,
+        forward=torch.compile(model, mode=t.compile_mode) if t.compile else model,
+        optimizer=optimizer,
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext(),
+        train_data=train_data, val_data=val_data, test_data=test_data,
+        batches=_epoch_batches(train_data, t.batch_size, generator, config.data.augment, pos),
+        batches_per_epoch=batches_per_epoch,
+        total=t.run_length(batches_per_epoch),
+        eval_every=t.eval_every or batches_per_epoch,
+        warmup=warmup, pos=pos, parts=parts, window=_Window(device, list(parts)),
+        warm_wrong=torch.zeros((), dtype=torch.float64, device=device),
+        started=time.perf_counter() - pos.wall_time,
+    )
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with the recipe's momentum, weight decay and Nesterov switch (paper sec. 4.2); lr set per step."""
+    t = config.trainer
+    return torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
         nesterov=t.nesterov, foreach=True,
     )
-    batches_per_epoch = train_data.batches_per_epoch(t.batch_size)
-    if batches_per_epoch == 0:
-        raise ValueError(
-            f"data: {len(train_data)} training images is fewer than one batch (trainer.batch_size={t.batch_size})"
-        )
-    total = t.epochs * batches_per_epoch if t.epochs else t.iterations
-    eval_every = t.eval_every or batches_per_epoch
-    generator = torch.Generator().manual_seed(config.seed)
-    warmup = PaperWarmup.start(t)
-    pos = _Position()
-    if resume_from is not None:
-        pos, warmup = _load_checkpoint(Path(resume_from), model, optimizer, generator)
 
-    parts = model.parts()
-    window = _Window(device, list(parts))
-    warm_wrong = torch.zeros((), dtype=torch.float64, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    started = time.perf_counter() - pos.wall_time
-    batches = _epoch_batches(train_data, t.batch_size, generator, config.data.augment, pos)
 
-    model.train()
+def _loop(run: _Run, report: ReportCallback, checkpoint_dir: Path | None) -> TrainResult:
+    """Steps until the run's length; at each evaluation point (or a divergence) evaluate and report.
+
+    Nothing here waits for the device except the warm-up checks (while warm-up lasts) and one
+    finiteness check every ``DIVERGENCE_CHECK_EVERY`` iterations.
+    """
+    pos = run.pos
+    run.model.train()
     tick = time.perf_counter()
-    while pos.iteration < total:
-        x, y = next(batches)
-        lr = learning_rate(t, pos.iteration, total, warming_up=warmup.active)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        pos.iteration += 1
-        if pos.iteration % t.grad_norm_every == 0:
-            _add_grad_norms(window, parts)
-        optimizer.step()
-        wrong = (logits.argmax(1) != y).sum()
-        window.add(loss.detach(), wrong, y.numel())
-
-        if warmup.active:
-            warm_wrong += wrong
-            if warmup.needs_check(t, pos.iteration):
-                window_error = warm_wrong.item() / (t.warmup.check_every * t.batch_size)
-                warmup.update(t, pos.iteration, window_error)
-                warm_wrong.zero_()
-        diverged = pos.iteration % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(window.loss).item()
-        at_eval = pos.iteration % eval_every == 0 or pos.iteration == total
+    while pos.iteration < run.total:
+        lr, wrong = _step(run)
+        if run.warmup.active:
+            _check_warmup(run, wrong)
+        diverged = pos.iteration % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(run.window.loss).item()
+        at_eval = pos.iteration % run.eval_every == 0 or pos.iteration == run.total
         if not (at_eval or diverged):
             continue
-
-        _sync(device)
-        window.train_seconds += time.perf_counter() - tick
-        metrics = _window_metrics(window, pos, batches_per_epoch, lr, started)
-        if diverged or not math.isfinite(metrics["train_loss"]):
-            metrics["status"] = "diverged"
-            pos.history.append(metrics)
-            report(metrics)
-            return TrainResult("diverged", pos.history)
-        metrics |= _evaluate(forward, model, val_data, test_data, t.eval_batch_size, autocast)
-        metrics["status"] = "running"
-        if pos.iteration == total:
-            responses = layer_responses(model, test_data or val_data, t.eval_batch_size, autocast)
-            metrics |= {"status": "finished", "layer_responses": responses}
-        pos.history.append(metrics)
-        pos.wall_time = time.perf_counter() - started
-        if checkpoint_dir is not None:
-            _save_checkpoint(Path(checkpoint_dir), model, optimizer, pos, warmup)
-        report(metrics)
-        window.reset()
-        model.train()
+        _sync(run.device)
+        run.window.train_seconds += time.perf_counter() - tick
+        metrics = _evaluate_and_report(run, lr, report, checkpoint_dir, diverged=diverged)
+        if metrics[STATUS] == Status.DIVERGED:
+            return TrainResult(Status.DIVERGED, pos.history)
         tick = time.perf_counter()
-
     final = pos.history[-1] if pos.history else {}
-    return TrainResult("finished", pos.history, final.get("layer_responses"))
+    return TrainResult(Status.FINISHED, pos.history, final.get(LAYER_RESPONSES))
+
+
+def _step(run: _Run) -> tuple[float, torch.Tensor]:
+    """One iteration: set the lr, forward (autocast), backward, sample gradient norms, update, add to the window.
+
+    Returns the lr used and the batch's wrong predictions (a device tensor: no sync).
+    """
+    t, pos = run.config.trainer, run.pos
+    x, y = next(run.batches)
+    lr = learning_rate(t, pos.iteration, run.total, warming_up=run.warmup.active)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with run.autocast:
+        logits = run.forward(x)
+        loss = F.cross_entropy(logits, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    pos.iteration += 1
+    if pos.iteration % t.grad_norm_every == 0:
+        _add_grad_norms(run.window, run.parts)
+    run.optimizer.step()
+    wrong = (logits.argmax(1) != y).sum()
+    run.window.add(loss.detach(), wrong, y.numel())
+    return lr, wrong
+
+
+def _check_warmup(run: _Run, wrong: torch.Tensor) -> None:
+    """The paper's warm-up: every ``check_every`` iterations, the window's training error decides whether it ends."""
+    t = run.config.trainer
+    run.warm_wrong += wrong
+    if run.warmup.needs_check(t, run.pos.iteration):
+        window_error = run.warm_wrong.item() / (t.warmup.check_every * t.batch_size)
+        run.warmup.update(t, run.pos.iteration, window_error)
+        run.warm_wrong.zero_()
+
+
+def _evaluate_and_report(
+    run: _Run, lr: float, report: ReportCallback, checkpoint_dir: Path | None, *, diverged: bool
+) -> dict[str, Any]:
+    """The metrics of the window since the last report, then ``report(metrics)``; returns them.
+
+    Diverged (a non-finite loss): status ``diverged``, no evaluation, no checkpoint. Otherwise:
+    validation and test errors -> at the run's end, the layer responses and status ``finished`` ->
+    the checkpoint -> ``report`` -> a fresh window.
+    """
+    pos, t = run.pos, run.config.trainer
+    metrics = _window_metrics(run.window, pos, run.batches_per_epoch, lr, run.started)
+    if diverged or not math.isfinite(metrics["train_loss"]):
+        metrics[STATUS] = Status.DIVERGED
+        pos.history.append(metrics)
+        report(metrics)
+        return metrics
+    metrics |= _evaluate(run.forward, run.model, run.val_data, run.test_data, t.eval_batch_size, run.autocast)
+    metrics[STATUS] = Status.RUNNING
+    if pos.iteration == run.total:
+        responses = layer_responses(run.model, run.test_data or run.val_data, t.eval_batch_size, run.autocast)
+        metrics |= {STATUS: Status.FINISHED, LAYER_RESPONSES: responses}
+    pos.history.append(metrics)
+    pos.wall_time = time.perf_counter() - run.started
+    if checkpoint_dir is not None:
+        _save_checkpoint(checkpoint_dir, run.model, run.optimizer, pos, run.warmup)
+    report(metrics)
+    run.window.reset()
+    run.model.train()
+    return metrics
 
 
 # -- pieces of the loop ---------------------------------------------------------------------------
@@ -290,9 +369,10 @@ def _add_grad_norms(window: _Window, parts: dict[str, torch.nn.Module]) -> None:
 
 
 def _window_metrics(window: _Window, pos: _Position, batches_per_epoch: int, lr: float, started: float) -> dict:
+    """The training side of a report (keys: :mod:`ablate.metrics`); ``_evaluate`` adds val/test errors."""
     images = max(window.images, 1)
     metrics = {
-        "iteration": pos.iteration,
+        ITERATION: pos.iteration,
         "epoch": pos.iteration / batches_per_epoch,
         "train_loss": window.loss.item() / images,
         "train_error": window.wrong.item() / images,
@@ -301,7 +381,7 @@ def _window_metrics(window: _Window, pos: _Position, batches_per_epoch: int, lr:
         "wall_time": time.perf_counter() - started,
     }
     for name, total in window.grad_norms.items():
-        metrics[f"grad_norm/{name}"] = total.item() / max(window.grad_samples, 1)
+        metrics[GRAD_NORM_PREFIX + name] = total.item() / max(window.grad_samples, 1)
     return metrics
 
 
@@ -378,7 +458,12 @@ def _save_checkpoint(directory: Path, model, optimizer, pos: _Position, warmup: 
     tmp.replace(directory / CHECKPOINT_FILE)
 
 
-def _load_checkpoint(directory: Path, model, optimizer, generator) -> tuple[_Position, PaperWarmup]:
+def _load_checkpoint(directory: Path, model, optimizer) -> tuple[_Position, PaperWarmup]:
+    """Model, optimiser and global RNG states restored; the position and warm-up state returned.
+
+    The data generator is not touched here: :func:`_epoch_batches` replays the interrupted epoch from
+    ``position.epoch_rng``, the one place that restores it.
+    """
     path = directory / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {directory} to resume from")
@@ -388,7 +473,4 @@ def _load_checkpoint(directory: Path, model, optimizer, generator) -> tuple[_Pos
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    pos = _Position(**state["position"])
-    if pos.epoch_rng is not None:
-        generator.set_state(pos.epoch_rng)
-    return pos, PaperWarmup.from_state(state["warmup"])
+    return _Position(**state["position"]), PaperWarmup.from_state(state["warmup"])

@@ -28,19 +28,14 @@ from mlflow.entities import Metric, Param, RunTag
 
 from ablate.config import DataConfig, ModelSpec, TrainConfig, flatten, with_overrides
 from ablate.tracking import layout
+from ablate.tracking.writer import MLFLOW_STATUS
 
 START = 1_700_000_000_000  # ms; run start times count up from here, so "latest" is well defined
 ITERATIONS_PER_EPOCH = 100
-# Exact counts for basic blocks, option A (REFERENCE.md); other shapes get a made-up, distinct number.
+# Exact counts for basic blocks, option A (docs/REFERENCE.md); other shapes get a made-up, distinct number.
 PAPER_PARAMS = {3: 269_722, 5: 464_154, 7: 658_586, 9: 853_018, 18: 1_727_962}
 PROJECTION_PARAMS = {"B": 1_000, "C": 3_000}  # made up: projections add parameters
-MLFLOW_END_STATUS = {  # as ablate.tracking.writer ends runs
-    "finished": "FINISHED",
-    "diverged": "FINISHED",
-    "stopped": "FINISHED",
-    "interrupted": "KILLED",
-    "failed": "FAILED",
-}
+MLFLOW_END_STATUS = MLFLOW_STATUS  # runs end as ablate.tracking.writer ends them
 
 
 @functools.cache

@@ -65,6 +65,63 @@ def test_train_errors_are_one_message_with_exit_status_2(tmp_path, capsys):
     assert "trainer.warmup.policy" in capsys.readouterr().err
 
 
+TINY_SYNTHETIC = ["--data", "synthetic", "--n", "1", "--device", "cpu", "--set", "model.base_width=4",
+                  "--set", "data.synthetic_shape=[3,8,8]", "--set", "data.synthetic_train=96",
+                  "--set", "data.val_size=32", "--set", "trainer.batch_size=16", "--set", "trainer.eval_every=5"]
+
+
+def test_set_values_parse_the_same_in_train_and_plan(capsys):
+    """One parser for every command's --set: 1e1 is the integer 10 in both, 2.5 is refused by both alike."""
+    assert main(["train", *TINY_SYNTHETIC, "--set", "trainer.iterations=1e1"]) == 0
+    out = capsys.readouterr().out
+    assert "it      5" in out and "it     10" in out and "status: finished" in out
+    assert main(["plan", str(REPO / "studies/shortcuts.yaml"), "--json", "--set", "trainer.iterations=1e3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["iterations"] for row in rows} == {1000} and all(type(row["iterations"]) is int for row in rows)
+
+    messages = []
+    for command in (["train", *TINY_SYNTHETIC], ["plan", str(REPO / "studies/shortcuts.yaml")]):
+        assert main([*command, "--set", "trainer.iterations=2.5e0"]) == 2
+        err = capsys.readouterr().err
+        assert "trainer.iterations" in err and "fractional part" in err and "2.5" in err
+        messages.append(err.rsplit("trainer.iterations: ", 1)[1])
+    assert messages[0] == messages[1]  # the same words after the key, whichever command
+    for command in ("train", "plan"):
+        assert main([command, *([str(REPO / "studies/shortcuts.yaml")] if command == "plan" else []),
+                     "--set", "trainer.iterations"]) == 2
+        assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_while_user_errors_exit_2(tmp_path, monkeypatch, capsys):
+    """Only UserError is the user's: a ValueError from inside the trainer (a bug) is raised, not printed as exit 2."""
+    import ablate.trainer
+
+    def broken_step(run):
+        raise ValueError("a bug inside the step")
+
+    monkeypatch.setattr(ablate.trainer, "_step", broken_step)
+    with pytest.raises(ValueError, match="a bug inside the step"):
+        main(["train", *TINY_SYNTHETIC, "--iterations", "5"])
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    assert main(["train", *TINY_SYNTHETIC, "--set", "data.synthetic_train=40"]) == 2  # 8 training images
+    assert "fewer than one batch" in capsys.readouterr().err
+    assert main(["train", *TINY_SYNTHETIC, "--checkpoint-dir", str(tmp_path), "--resume"]) == 2
+    assert f"no checkpoint.pt in {tmp_path}" in capsys.readouterr().err
+
+
+def test_iterations_and_epochs_together_are_refused(capsys):
+    assert main(["train", *TINY_SYNTHETIC, "--epochs", "1", "--set", "trainer.iterations=10"]) == 2
+    err = capsys.readouterr().err
+    assert "iterations (10) and epochs (1) are both set" in err and "null" in err
+    shortcuts = str(REPO / "studies/shortcuts.yaml")  # the file sets iterations: 64000
+    assert main(["plan", shortcuts, "--set", "trainer.epochs=2"]) == 2
+    assert "iterations (64000) and epochs (2) are both set" in capsys.readouterr().err
+    assert main(["plan", shortcuts, "--json", "--set", "trainer.epochs=2", "--set", "trainer.iterations=null"]) == 0
+    assert {row["iterations"] for row in json.loads(capsys.readouterr().out)} == {2 * (45_000 // 128)}
+
+
 def test_invalid_study_exits_2_with_one_message_no_traceback_and_no_records(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "bad", "question": "?", "model": {"shortcut": "D"}}))

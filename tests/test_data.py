@@ -20,8 +20,10 @@ from datafiles import (
     write_idx_dataset,
 )
 
-from ablate.config import DataConfig
-from ablate.data import CIFAR10, DatasetError, DeviceData, load_dataset
+from ablate.config import ConfigError, DataConfig, ModelSpec, TrainConfig, TrainerConfig, with_overrides
+from ablate.data import CIFAR10, DATA_SOURCES, DatasetError, DataSource, DeviceData, dataset_names, load_dataset
+from ablate.data.sources import RawData
+from ablate.data.splits import READERS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -92,6 +94,44 @@ def test_real_fashion_mnist():
     assert splits.test_x.shape == (10000, 1, 28, 28)
     assert torch.equal(torch.bincount(splits.test_y), torch.full((10,), 1000))  # balanced test set
     assert 0.2 < splits.mean.item() < 0.4 and 0.25 < splits.std.item() < 0.45
+    facts = DATA_SOURCES["fashion-mnist"]  # the declaration plan and MLflow params use matches the files
+    assert (len(splits.train_y) + len(splits.val_y), len(splits.test_y)) == (facts.train_images, facts.test_images)
+    assert (tuple(splits.train_x.shape[1:]), splits.num_classes) == (facts.shape, facts.num_classes)
+
+
+# -- the catalog: one declaration per data set ------------------------------------------------------
+
+
+def test_every_declared_data_set_has_a_reader_and_every_reader_a_declaration():
+    assert tuple(READERS) == dataset_names()
+    with pytest.raises(ConfigError, match="unknown data set 'mnist'; allowed: 'cifar10', 'cifar100', 'fashion-mnist'"):
+        with_overrides(TrainConfig(), {"data.name": "mnist"})
+
+
+def test_files_unlike_the_declaration_are_refused(tmp_path):
+    write_idx_dataset(tmp_path, image_size=32)  # MNIST-like files, but 32x32
+    with pytest.raises(DatasetError, match=r"Fashion-MNIST: the training images are 1x32x32 .* expected 1x28x28"):
+        load_dataset(config(tmp_path, "fashion-mnist", val_size=0))
+
+
+def test_adding_a_data_set_is_one_declaration_and_its_reader(monkeypatch):
+    """With a DataSource and a reader, the config takes the name, plan counts its epochs, the trainer trains on it."""
+    from ablate.study import train_iterations
+    from ablate.trainer import train
+
+    def read_tiny(cfg: DataConfig) -> RawData:
+        x, y = random_images(np.random.default_rng(cfg.split_seed), 112, (2, 8, 8), 3)
+        return RawData(x[:96], y[:96], x[96:], y[96:], num_classes=3)
+
+    monkeypatch.setitem(DATA_SOURCES, "tiny", DataSource("tiny", "Tiny", num_classes=3, shape=(2, 8, 8),
+                                                         train_images=96, test_images=16))
+    monkeypatch.setitem(READERS, "tiny", read_tiny)
+    cfg = TrainConfig(model=ModelSpec(n=1, base_width=4), data=DataConfig(name="tiny", val_size=16),
+                      trainer=TrainerConfig(epochs=1, batch_size=16, device="cpu"))
+    assert train_iterations(cfg) == 80 // 16
+    seen = []
+    train(cfg, seen.append)
+    assert [m["iteration"] for m in seen] == [5]
 
 
 def test_synthetic_is_deterministic_and_learnable():
@@ -282,7 +322,7 @@ def test_cifar_label_count_and_shape_mismatch(tmp_path):
 
 
 def test_unknown_data_set_name():
-    with pytest.raises(DatasetError, match="unknown data set 'mnist'; known: cifar10, cifar100"):
+    with pytest.raises(DatasetError, match="unknown data set 'mnist'; known: cifar10, cifar100, fashion-mnist, synthetic"):
         load_dataset(DataConfig.model_construct(name="mnist"))
 
 

@@ -1,4 +1,4 @@
-"""The ResNet design space: exact counts against REFERENCE.md, every unit type x shortcut option,
+"""The ResNet design space: exact counts against docs/REFERENCE.md, every unit type x shortcut option,
 the operation order of each unit, the registry, and the errors a user sees."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ablate.models.blocks import BasicBlock, PreActBlock, Projection, ZeroPadSho
 BLOCK_TYPES = list(LAYERS_PER_UNIT)
 SHORTCUTS = ["A", "B", "C", "none"]
 
-# REFERENCE.md, "Exact counts": option A, basic units; a plain net has its residual-A twin's count.
+# docs/REFERENCE.md, "Exact counts": option A, basic units; a plain net has its residual-A twin's count.
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 PAPER_MACS = {20: 40_551_040, 56: 125_485_696, 110: 252_887_680, 1202: 2_829_238_912}
 

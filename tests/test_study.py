@@ -358,9 +358,10 @@ def test_plan_rows_resnet20_counts_and_flops():
 
 def test_plan_converts_epochs_with_the_training_split():
     path = ROOT / "studies/depth_sweep.yaml"
-    study = load_study(path, ["seeds=[0]", "space.model.n=[3]", "trainer.epochs=2"])
+    epochs = ["trainer.iterations=null", "trainer.epochs=2"]  # the study file sets iterations: 64000
+    study = load_study(path, ["seeds=[0]", "space.model.n=[3]", *epochs])
     assert {r["iterations"] for r in plan_rows(study)} == {2 * (45_000 // 128)}  # 50k less the 5k validation
-    study = load_study(path, ["seeds=[0]", "space.model.n=[3]", "trainer.epochs=2", "data.train_size=1000"])
+    study = load_study(path, ["seeds=[0]", "space.model.n=[3]", *epochs, "data.train_size=1000"])
     assert {r["iterations"] for r in plan_rows(study)} == {2 * (1000 // 128)}
 
 

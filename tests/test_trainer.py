@@ -35,7 +35,9 @@ def without_timing(history):
 
 def test_paper_schedule_at_the_papers_iterations():
     cfg = TrainerConfig()  # lr 0.1, /10 at 32k and 48k, stop at 64k
-    lrs = {it: learning_rate(cfg, it, cfg.iterations) for it in (0, 400, 31999, 32000, 47999, 48000, 64000)}
+    total = cfg.run_length(batches_per_epoch=352)  # neither iterations nor epochs set: the paper's 64k
+    assert total == 64000
+    lrs = {it: learning_rate(cfg, it, total) for it in (0, 400, 31999, 32000, 47999, 48000, 64000)}
     assert lrs[0] == lrs[400] == lrs[31999] == pytest.approx(0.1)
     assert lrs[32000] == lrs[47999] == pytest.approx(0.01)
     assert lrs[48000] == lrs[64000] == pytest.approx(0.001)
@@ -90,7 +92,7 @@ def test_reports_every_evaluation_with_the_documented_metrics():
 
 def test_epochs_set_the_length_in_epochs():
     seen = []
-    train(tiny(epochs=2, eval_every=None), seen.append)  # 320 training images / 32 = 10 batches per epoch
+    train(tiny(iterations=None, epochs=2, eval_every=None), seen.append)  # 320 training images / 32 = 10 batches per epoch
     assert [m["iteration"] for m in seen] == [10, 20]
     assert [m["epoch"] for m in seen] == [1.0, 2.0]
 
@@ -113,7 +115,8 @@ def test_resume_after_a_crash_gives_the_same_numbers(tmp_path):
         if metrics["iteration"] == 14:
             raise Crash
 
-    # eval every 7 iterations: the checkpoint falls in the middle of an epoch (10 batches per epoch)
+    # eval every 7 iterations: the checkpoint falls in the middle of an epoch (10 batches per epoch), so the
+    # numbers match only if the resumed run replays that epoch from its saved generator state (the one restore)
     with pytest.raises(Crash):
         train(tiny(eval_every=7), crash_at_second_eval, checkpoint_dir=tmp_path)
     assert (tmp_path / CHECKPOINT_FILE).exists()
@@ -122,6 +125,20 @@ def test_resume_after_a_crash_gives_the_same_numbers(tmp_path):
     result = train(tiny(eval_every=7), resumed.append, checkpoint_dir=tmp_path, resume_from=tmp_path)
     assert [m["iteration"] for m in resumed] == [21, 28, 30]
     assert without_timing(result.history) == without_timing(straight)  # history carried over, numbers equal
+
+
+def test_the_optimiser_is_built_from_the_recipe(tmp_path):
+    """momentum, weight decay and Nesterov reach the SGD that trains: read back from its checkpointed state."""
+    recipe = dict(momentum=0.7, weight_decay=3e-3, nesterov=True)
+    train(tiny(iterations=2, eval_every=2, **recipe), lambda m: None, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    (group,) = state["optimizer"]["param_groups"]
+    assert {key: group[key] for key in recipe} == recipe
+    paper = tiny(iterations=2, eval_every=2).trainer  # the defaults are the paper's: 0.9, 1e-4, no Nesterov
+    train(tiny(iterations=2, eval_every=2), lambda m: None, checkpoint_dir=tmp_path)
+    (group,) = torch.load(tmp_path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["optimizer"]["param_groups"]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (paper.momentum, paper.weight_decay, False)
+    assert (paper.momentum, paper.weight_decay) == (0.9, 1e-4)
 
 
 def test_paper_warmup_runs_at_low_lr_then_returns_to_base():

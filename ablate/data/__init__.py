@@ -1,10 +1,15 @@
 """Data sets, splits, and on-device batches with augmentation.
 
+- :mod:`.catalog` declares each data set's facts once (:data:`DATA_SOURCES`: classes, image shape,
+  sizes); everything that needs them without reading the files asks :func:`data_source`.
 - :func:`load_dataset` reads CIFAR-10, CIFAR-100 or Fashion-MNIST from disk (downloading them when
   allowed) or generates a synthetic set, and splits it into :class:`Splits` (CPU tensors).
 - :class:`DeviceData` keeps one split on the device and serves shuffled, augmented, normalised
   batches cut out there with tensor ops.
 - Every problem a user can fix (files missing, truncated, corrupted) is a :class:`DatasetError`.
+
+Importing the package loads only the catalog (the config schema reads it); the rest, which needs numpy
+and torch, is imported on first use of its name.
 
 Example::
 
@@ -17,21 +22,32 @@ Example::
     (torch.float32, (128, 3, 32, 32), 7)
 """
 
-from ablate.data.device import DeviceData
-from ablate.data.formats import DatasetError, read_cifar_batch, read_idx
-from ablate.data.sources import CIFAR10, CIFAR100, FASHION_MNIST_FILES, FASHION_MNIST_URL, cache_dir
-from ablate.data.splits import Splits, load_dataset
+import importlib
 
-__all__ = [
-    "CIFAR10",
-    "CIFAR100",
-    "FASHION_MNIST_FILES",
-    "FASHION_MNIST_URL",
-    "DatasetError",
-    "DeviceData",
-    "Splits",
-    "cache_dir",
-    "load_dataset",
-    "read_cifar_batch",
-    "read_idx",
-]
+from ablate.data.catalog import DATA_SOURCES, DataSource, data_source, dataset_names
+
+_LAZY = {  # name -> the module that defines it, imported when the name is first used
+    "DeviceData": "ablate.data.device",
+    "DatasetError": "ablate.data.formats",
+    "read_cifar_batch": "ablate.data.formats",
+    "read_idx": "ablate.data.formats",
+    "CIFAR10": "ablate.data.sources",
+    "CIFAR100": "ablate.data.sources",
+    "FASHION_MNIST_FILES": "ablate.data.sources",
+    "FASHION_MNIST_URL": "ablate.data.sources",
+    "cache_dir": "ablate.data.sources",
+    "Splits": "ablate.data.splits",
+    "load_dataset": "ablate.data.splits",
+}
+
+__all__ = ["DATA_SOURCES", "DataSource", "data_source", "dataset_names", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ablate.config import DataConfig
+from ablate.data.catalog import DATA_SOURCES, DataSource
 from ablate.data.formats import DatasetError, read_cifar_batch, read_idx
 
 __all__ = [
@@ -54,14 +55,21 @@ __all__ = [
 class CifarSource:
     """Where a CIFAR archive comes from and what its extracted folder holds."""
 
-    title: str  # for messages: "CIFAR-10"
     url: str  # canonical archive
     md5: str  # of the archive
     folder: str  # the folder the archive extracts to
     train_files: tuple[str, ...]  # pickled training batches, in order
     test_file: str  # pickled test batch
     label_key: bytes  # key of the labels in each batch
-    num_classes: int
+    facts: DataSource  # classes, image shape, sizes (ablate.data.catalog)
+
+    @property
+    def title(self) -> str:
+        return self.facts.title
+
+    @property
+    def num_classes(self) -> int:
+        return self.facts.num_classes
 
     @property
     def archive(self) -> str:
@@ -74,24 +82,22 @@ class CifarSource:
 
 # Canonical archives (https://www.cs.toronto.edu/~kriz/cifar.html) and their MD5 sums.
 CIFAR10 = CifarSource(
-    title="CIFAR-10",
     url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     md5="c58f30108f718f92721af3b95e74349a",
     folder="cifar-10-batches-py",
     train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
     test_file="test_batch",
     label_key=b"labels",
-    num_classes=10,
+    facts=DATA_SOURCES["cifar10"],
 )
 CIFAR100 = CifarSource(
-    title="CIFAR-100",
     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     md5="eb9058c3a382ffc7106e4002c42a8d85",
     folder="cifar-100-python",
     train_files=("train",),
     test_file="test",
     label_key=b"fine_labels",
-    num_classes=100,
+    facts=DATA_SOURCES["cifar100"],
 )
 
 # Fashion-MNIST (https://github.com/zalandoresearch/fashion-mnist): file -> MD5 of the original .gz.
@@ -104,7 +110,7 @@ FASHION_MNIST_FILES = {
 }
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
-FASHION_MNIST_CLASSES = 10
+FASHION_MNIST_CLASSES = DATA_SOURCES["fashion-mnist"].num_classes
 
 # synthetic: templates are drawn on a coarse grid so that a 4-pixel crop shift keeps most of them
 SYNTHETIC_GRID = 4  # template cells per side

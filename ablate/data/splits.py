@@ -16,16 +16,18 @@ import numpy as np
 import torch
 
 from ablate.config import DataConfig
+from ablate.data.catalog import SYNTHETIC, DataSource, data_source
 from ablate.data.formats import DatasetError
 from ablate.data.sources import CIFAR10, CIFAR100, RawData, load_cifar, load_fashion_mnist, make_synthetic
 
-__all__ = ["Splits", "channel_stats", "load_dataset", "normalisation", "pixel_mean", "split_indices"]
+__all__ = ["READERS", "Splits", "channel_stats", "load_dataset", "normalisation", "pixel_mean", "split_indices"]
 
-_READERS: dict[str, Callable[[DataConfig], RawData]] = {
+# data.name -> its reader; the facts of each are declared in ablate.data.catalog
+READERS: dict[str, Callable[[DataConfig], RawData]] = {
     "cifar10": partial(load_cifar, source=CIFAR10),
     "cifar100": partial(load_cifar, source=CIFAR100),
     "fashion-mnist": load_fashion_mnist,
-    "synthetic": make_synthetic,
+    SYNTHETIC: make_synthetic,
 }
 
 
@@ -65,10 +67,11 @@ def load_dataset(cfg: DataConfig) -> Splits:
     >>> splits.train_x.shape, splits.val_x.shape, splits.test_x.shape
     (torch.Size([900, 3, 32, 32]), torch.Size([100, 3, 32, 32]), torch.Size([200, 3, 32, 32]))
     """
-    reader = _READERS.get(cfg.name)
+    reader = READERS.get(cfg.name)
     if reader is None:
-        raise DatasetError(f"unknown data set {cfg.name!r}; known: {', '.join(_READERS)}")
+        raise DatasetError(f"unknown data set {cfg.name!r}; known: {', '.join(READERS)}")
     raw = reader(cfg)
+    _check_facts(raw, data_source(cfg))
     train, val, test = split_indices(len(raw.train_y), len(raw.test_y), cfg)
     mean, std = normalisation(raw.train_x[train], cfg.normalize)
 
@@ -84,6 +87,18 @@ def load_dataset(cfg: DataConfig) -> Splits:
         mean=torch.from_numpy(mean),
         std=torch.from_numpy(std),
     )
+
+
+def _check_facts(raw: RawData, facts: DataSource) -> None:
+    """What was read has the declared image shape and classes (files of another data set would not)."""
+    for split, x in (("training", raw.train_x), ("test", raw.test_x)):
+        if tuple(x.shape[1:]) != facts.shape:
+            raise DatasetError(
+                f"{facts.title}: the {split} images are {'x'.join(map(str, x.shape[1:]))} (channels x height x width), "
+                f"expected {'x'.join(map(str, facts.shape))}; are the files those of {facts.title}?"
+            )
+    if raw.num_classes != facts.num_classes:
+        raise DatasetError(f"{facts.title}: read {raw.num_classes} classes, expected {facts.num_classes}")
 
 
 def split_indices(n_train: int, n_test: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

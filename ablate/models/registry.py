@@ -67,7 +67,7 @@ def model_spec(name: str) -> ModelSpec:
         return _REGISTRY[key]
     close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.6)
     hint = f"close matches: {', '.join(close)}" if close else f"registered: {', '.join(_REGISTRY)}"
-    raise ValueError(f"unknown model {name!r}; {hint} (list_models() gives all {len(_REGISTRY)})")
+    raise ConfigError(f"unknown model {name!r}; {hint} (list_models() gives all {len(_REGISTRY)})")
 
 
 def _validated_spec(fields: dict[str, Any], *, source: str) -> ModelSpec:

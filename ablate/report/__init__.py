@@ -28,6 +28,7 @@ from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagno
 from ablate.report.document import document, format_counts, terminal_summary
 from ablate.report.plots import plot_curves, plot_layer_responses
 from ablate.console import text_table
+from ablate.metrics import ERROR_METRICS
 from ablate.report.render import to_html, to_markdown
 from ablate.tracking import layout
 from ablate.tracking.reader import UnknownStudyError, list_studies, load_study_records
@@ -62,7 +63,7 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     uri = tracking_uri or layout.default_tracking_uri()
     records = load_study_records(study_name, uri)
     metric = comparison_metric(records.metric)
-    summaries = summarize(records, metrics=("train_error", "val_error", "test_error", metric))
+    summaries = summarize(records, metrics=(*ERROR_METRICS, metric))
     tolerance = Tolerance()
     findings = diagnose(summaries, metric=metric, tolerance=tolerance, study=records.study)
 

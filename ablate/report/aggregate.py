@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ablate.metrics import ERROR_METRICS, Status
 from ablate.tracking import layout
 from ablate.tracking.reader import PARTIAL_STATUSES, History, StudyRecords, TrialRecord
 
@@ -35,8 +36,7 @@ __all__ = [
     "summarize",
 ]
 
-SUMMARY_METRICS = ("train_error", "val_error", "test_error")  # fractions in [0, 1]
-EXCLUDED_STATUSES = ("diverged", "stopped", "failed")  # counted and listed, never averaged
+EXCLUDED_STATUSES = (Status.DIVERGED, Status.STOPPED, Status.FAILED)  # counted and listed, never averaged
 DERIVED_PARAMS = frozenset(
     {"seed", layout.PARAM_MODEL_NAME, layout.PARAM_MODEL_DEPTH, layout.PARAM_MODEL_PARAMS, layout.PARAM_MODEL_MACS}
 )
@@ -96,7 +96,7 @@ class ConfigSummary:
         return sum(t.status == status for t in self.trials)
 
 
-def summarize(records: StudyRecords, metrics: Iterable[str] = SUMMARY_METRICS) -> list[ConfigSummary]:
+def summarize(records: StudyRecords, metrics: Iterable[str] = ERROR_METRICS) -> list[ConfigSummary]:
     """One :class:`ConfigSummary` per ``ablate.group``, in the paper's order (plain, A, B, C; then depth)."""
     metrics = tuple(dict.fromkeys(metrics))
     groups: dict[str, list[TrialRecord]] = {}

@@ -26,6 +26,7 @@ from ablate.report.aggregate import (
 from ablate.report.diagnose import AXES, Finding, Tolerance
 from ablate.report.render import Block, Bullets, Heading, Image, Paragraph, Table
 from ablate.console import text_table
+from ablate.metrics import Status
 from ablate.tracking import layout
 from ablate.tracking.reader import PARTIAL_STATUSES, StudyRecords, TrialRecord
 
@@ -184,7 +185,7 @@ def _figures(figures: Mapping[str, Path | None]) -> list[Block]:
 
 
 def _trial_status(trials: Sequence[TrialRecord]) -> list[Block]:
-    unfinished = [t for t in trials if t.status != "finished"]
+    unfinished = [t for t in trials if t.status != Status.FINISHED]
     blocks: list[Block] = [Heading("Trials outside the means or still running")]
     if not unfinished:
         return blocks + [Paragraph(f"None: all {len(trials)} trials finished.")]

@@ -20,9 +20,9 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ablate.config import TrainConfig
+from ablate.data import data_source
+from ablate.metrics import LAYER_RESPONSES, STATUS, TRAINER_END_STATUSES, Status
 from ablate.models import count_macs, count_params
-from ablate.search.trainable import RESPONSES
-from ablate.study import data_shape
 from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
 
@@ -40,13 +40,13 @@ def trial_name(trial: Trial) -> str:
 
 def model_params(config: TrainConfig) -> dict[str, Any]:
     """``model.name``, ``model.depth``, ``model.params``, ``model.macs``, counted for the data set's shape."""
-    shape = data_shape(config.data)
-    dims = dict(in_channels=shape.in_channels, num_classes=shape.num_classes)
+    facts = data_source(config.data)
+    dims = dict(in_channels=facts.in_channels, num_classes=facts.num_classes)
     return {
         layout.PARAM_MODEL_NAME: config.model.name,
         layout.PARAM_MODEL_DEPTH: config.model.depth,
         layout.PARAM_MODEL_PARAMS: count_params(config.model, **dims),
-        layout.PARAM_MODEL_MACS: count_macs(config.model, **dims, image_size=shape.image_size),
+        layout.PARAM_MODEL_MACS: count_macs(config.model, **dims, image_size=facts.image_size),
     }
 
 
@@ -92,15 +92,15 @@ class Recorder(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         result = trial.last_result or {}
-        status = result.get("status")
-        status = status if status in ("finished", "diverged") else "stopped"
-        responses = json.loads(result[RESPONSES]) if RESPONSES in result else None
+        status = result.get(STATUS)
+        status = status if status in TRAINER_END_STATUSES else Status.STOPPED
+        responses = json.loads(result[LAYER_RESPONSES]) if LAYER_RESPONSES in result else None
         self.writer.end_trial(trial.trial_id, status, final=result, layer_responses=responses)
         self.ended[trial.trial_id] = status
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self.writer.end_trial(trial.trial_id, "failed", error=_error_text(trial))
-        self.ended[trial.trial_id] = "failed"
+        self.writer.end_trial(trial.trial_id, Status.FAILED, error=_error_text(trial))
+        self.ended[trial.trial_id] = Status.FAILED
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         self.done_before = sum(t.trial_id not in self.started and t.status == Trial.TERMINATED for t in trials)
@@ -131,7 +131,7 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         result = trial.last_result or {}
-        status = result.get("status") if result.get("status") in ("finished", "diverged") else "stopped early"
+        status = result.get(STATUS) if result.get(STATUS) in TRAINER_END_STATUSES else "stopped early"
         value = result.get(self.metric)
         shown = f", {self.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
         print(f"  {trial_name(trial)}: {status} at iteration {result.get('iteration', 0)}{shown}", flush=True)

@@ -31,6 +31,9 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
+from ablate.errors import UserError
+from ablate.metrics import Status
+from ablate.paths import project_root
 from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
@@ -73,7 +76,7 @@ def run_study(
         >>> run_study(load_study("studies/quickstart.yaml", ["trainer.iterations=200"]))  # doctest: +SKIP
         0
     """
-    storage = Path(storage_path).resolve() if storage_path else layout.project_root() / STORAGE_DIR
+    storage = Path(storage_path).resolve() if storage_path else project_root() / STORAGE_DIR
     experiment = storage / study.name
     if resume and not tune.Tuner.can_restore(str(experiment)):
         print(
@@ -102,15 +105,15 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
     )
     recorder = Recorder(writer, expected=study.num_trials)
     callbacks = [recorder, Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials)]
-    status = "failed"
+    status = Status.FAILED
     try:
         with _quiet_ray():
             build = _restore if resume else _tuner
             tuner = build(study, trainable, experiment, callbacks)
             tuner.fit()
-        status = "finished" if recorder.complete else "interrupted"
+        status = Status.FINISHED if recorder.complete else Status.INTERRUPTED
     except KeyboardInterrupt:
-        status = "interrupted"
+        status = Status.INTERRUPTED
         raise
     finally:
         writer.end_study(status)
@@ -145,7 +148,7 @@ def _resources(study: Study) -> dict[str, float]:
               "running on CPU (set resources.gpu=0 to silence this)", flush=True)
         gpu = 0
     if cpu > cluster.get("CPU", 0):
-        raise ValueError(
+        raise UserError(
             f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cluster.get('CPU', 0):g}; "
             f"use --set resources.cpu=N with N <= {cluster.get('CPU', 0):g}"
         )
@@ -211,7 +214,7 @@ def _connect_ray(address: str | None) -> bool:
         return False
     target = address or os.environ.get("RAY_ADDRESS", "")
     if target.startswith("ray://"):
-        raise ValueError(
+        raise UserError(
             f"address {target!r}: Ray Client addresses are not supported (this process writes the MLflow "
             "records); run `ablate run` on a node of the cluster with --address auto or HOST:PORT"
         )
@@ -263,8 +266,8 @@ def _summary(study: Study, recorder: Recorder, status: str, writer: StudyWriter)
     before = f", {recorder.done_before} ended in earlier runs" if recorder.done_before else ""
     print(f"study {study.name}: {status}; trials of this run: {ended}{before} (of {study.num_trials})")
     print(f"records: MLflow experiment {study.name!r} at {writer.tracking_uri}")
-    if status == "interrupted":
+    if status == Status.INTERRUPTED:
         sets = "".join(f" --set {item}" for item in study.overrides)
         print(f"continue with: ablate run {study.origin.file}{sets} --resume")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED_TRIALS if counts["failed"] else 0
+    return EXIT_FAILED_TRIALS if counts[Status.FAILED] else 0

@@ -23,14 +23,14 @@ from typing import Any
 from ray import tune
 
 from ablate.config import TrainConfig
+from ablate.metrics import LAYER_RESPONSES, STATUS, Status
 from ablate.study import Trial
 from ablate.study.schema import Metric
 from ablate.trainer import train
 
-__all__ = ["OBJECTIVE", "RESPONSES", "objective", "train_trial", "trial_params"]
+__all__ = ["OBJECTIVE", "objective", "train_trial", "trial_params"]
 
 OBJECTIVE = "objective"  # result key ASHA and Optuna rank by
-RESPONSES = "layer_responses"  # result key of the layer responses (JSON text), on a finished trial's last report
 
 
 def trial_params(trial: Trial, metric: Metric) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def trial_params(trial: Trial, metric: Metric) -> dict[str, Any]:
 def objective(metrics: dict[str, Any], *, metric: str, mode: str) -> float:
     """``metrics[metric]``, or the worst value (inf for ``min``, -inf for ``max``) when missing, non-finite or diverged."""
     value = metrics.get(metric)
-    usable = isinstance(value, (int, float)) and math.isfinite(value) and metrics.get("status") != "diverged"
+    usable = isinstance(value, (int, float)) and math.isfinite(value) and metrics.get(STATUS) != Status.DIVERGED
     if usable:
         return float(value)
     return math.inf if mode == "min" else -math.inf
@@ -63,12 +63,12 @@ def train_trial(params: dict[str, Any]) -> None:
         resume_from = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
 
         def report(metrics: dict[str, Any]) -> None:
-            result = {key: value for key, value in metrics.items() if key != RESPONSES}
-            if RESPONSES in metrics:
-                result[RESPONSES] = json.dumps(metrics[RESPONSES])
+            result = {key: value for key, value in metrics.items() if key != LAYER_RESPONSES}
+            if LAYER_RESPONSES in metrics:  # as JSON text: Ray's result loggers take scalars and text
+                result[LAYER_RESPONSES] = json.dumps(metrics[LAYER_RESPONSES])
             result[OBJECTIVE] = objective(metrics, metric=spec["metric"], mode=spec["mode"])
             # a diverged report comes without a new checkpoint.pt: nothing to persist
-            saved = None if metrics.get("status") == "diverged" else tune.Checkpoint.from_directory(directory)
+            saved = None if metrics.get(STATUS) == Status.DIVERGED else tune.Checkpoint.from_directory(directory)
             tune.report(result, checkpoint=saved)
 
         train(config, report, checkpoint_dir=directory, resume_from=resume_from)

@@ -49,7 +49,7 @@ Example::
 
 from ablate.study.core import Axis, Study, Trial
 from ablate.study.load import load_study
-from ablate.study.plan import data_shape, format_plan, plan_rows, train_iterations, training_images
+from ablate.study.plan import format_plan, plan_rows, train_iterations, training_images
 from ablate.study.schema import StudyError
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
     "Study",
     "StudyError",
     "Trial",
-    "data_shape",
     "format_plan",
     "load_study",
     "plan_rows",

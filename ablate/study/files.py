@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
+from ablate.paths import project_root
 from ablate.study.schema import Origin, StudyError
-from ablate.tracking.layout import project_root
 
-__all__ = ["apply_overrides", "display_path", "read_yaml", "resolve_space"]
+__all__ = ["apply_overrides", "display_path", "parse_override", "read_yaml", "resolve_space"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -90,6 +90,20 @@ def read_yaml(path: Path, source: str) -> dict[str, Any]:
 # -- overrides -------------------------------------------------------------------------------------
 
 
+def parse_override(text: str, source: str) -> tuple[str, Any]:
+    """``"key.path=value"`` -> ``(key path, value)``: the one parser of every command's ``--set``.
+
+    The value is read as YAML by the study files' own loader, so ``1e3`` and ``1e-4`` are numbers
+    (``trainer.iterations=1e3`` then validates as the integer 1000), ``[0,1]`` a list, ``null`` None.
+    ``source`` names the command or file in the StudyError for a malformed pair.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise StudyError(f"{source}: override {text!r}: expected KEY=VALUE, e.g. trainer.epochs=2")
+    return key, _parse(raw, f"{source}: override {text!r}")
+
+
 def apply_overrides(
     doc: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str
 ) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
@@ -101,11 +115,7 @@ def apply_overrides(
     doc = copy.deepcopy(doc)
     applied = []
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise StudyError(f"{source}: override {text!r}: expected KEY=VALUE, e.g. trainer.epochs=2 or seeds=[0,1]")
-        value = _parse(raw, f"{source}: override {text!r}")
+        key, value = parse_override(text, source)
         head, _, rest = key.partition(".")
         parts = [head, rest] if head == "space" and rest else key.split(".")
         node = doc

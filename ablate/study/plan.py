@@ -2,56 +2,29 @@
 
 Training cost of one trial: ``train_flops = 6 * macs * iterations * batch_size`` (2 FLOPs per
 multiply-accumulate, forward + backward ~ 3x forward). ResNet-110 with the paper's recipe (64k
-iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (REFERENCE.md).
+iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (docs/REFERENCE.md).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ablate.config import DataConfig, TrainConfig
 from ablate.console import text_table
+from ablate.data.catalog import data_source
 from ablate.study.core import Study, format_value
 
-__all__ = ["DataShape", "data_shape", "format_plan", "plan_rows", "train_iterations", "training_images"]
-
-
-class DataShape(NamedTuple):
-    """What a model and a run length need to know of a data set."""
-
-    in_channels: int
-    num_classes: int
-    image_size: int  # height of the (square) images
-    train_images: int  # the training set before the validation split
-
-
-_NOMINAL = {
-    "cifar10": DataShape(3, 10, 32, 50_000),
-    "cifar100": DataShape(3, 100, 32, 50_000),
-    "fashion-mnist": DataShape(1, 10, 28, 60_000),
-}
-
-
-def data_shape(data: DataConfig) -> DataShape:
-    """The data set's nominal shape; synthetic data from its ``synthetic_*`` fields."""
-    if data.name == "synthetic":
-        channels, height, _width = data.synthetic_shape
-        return DataShape(channels, data.synthetic_classes, height, data.synthetic_train)
-    return _NOMINAL[data.name]
+__all__ = ["format_plan", "plan_rows", "train_iterations", "training_images"]
 
 
 def training_images(data: DataConfig) -> int:
-    """Images one epoch trains on: the training set less ``val_size``, capped at ``train_size``."""
-    remaining = data_shape(data).train_images - data.val_size
+    """Images one epoch trains on: the declared training set less ``val_size``, capped at ``train_size``."""
+    remaining = data_source(data).train_images - data.val_size
     return min(remaining, data.train_size) if data.train_size else remaining
 
 
 def train_iterations(config: TrainConfig) -> int:
-    """Run length in iterations: ``trainer.iterations``, or epochs x full batches per epoch (drop_last)."""
+    """Run length in iterations, by the trainer's rule (:meth:`TrainerConfig.run_length`), full batches per epoch."""
     trainer = config.trainer
-    if trainer.epochs is None:
-        return trainer.iterations
-    return trainer.epochs * (training_images(config.data) // trainer.batch_size)
+    return trainer.run_length(training_images(config.data) // trainer.batch_size)
 
 
 def plan_rows(study: Study) -> list[dict]:
@@ -75,11 +48,11 @@ def plan_rows(study: Study) -> list[dict]:
     rows = []
     for trial in study.trials():
         config = trial.config
-        shape = data_shape(config.data)
+        facts = data_source(config.data)
         if trial.group not in costs:
-            dims = dict(in_channels=shape.in_channels, num_classes=shape.num_classes)
+            dims = dict(in_channels=facts.in_channels, num_classes=facts.num_classes)
             costs[trial.group] = (
-                count_params(config.model, **dims), count_macs(config.model, **dims, image_size=shape.image_size)
+                count_params(config.model, **dims), count_macs(config.model, **dims, image_size=facts.image_size)
             )
         params, macs = costs[trial.group]
         iterations = train_iterations(config)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ablate.config import ConfigError, DataConfig, ModelSpec, TrainerConfig, format_validation_error
-from ablate.tracking.layout import EPOCH_METRICS
+from ablate.metrics import EVAL_METRICS
 
 __all__ = [
     "Constraints",
@@ -93,7 +93,7 @@ class Resources(_Strict):
 
 
 class Metric(_Strict):
-    """The number the study is about, as reported by the trainer (``tracking.layout.EPOCH_METRICS``)."""
+    """The number the study is about, as reported by the trainer (``ablate.metrics.EVAL_METRICS``)."""
 
     name: str = "test_error"  # e.g. test_error, val_error (tune on this), train_error, train_loss
     mode: Literal["min", "max"] = "min"  # whether lower or higher is better
@@ -101,8 +101,8 @@ class Metric(_Strict):
     @field_validator("name")
     @classmethod
     def _reported_metric(cls, name: str) -> str:
-        if name not in EPOCH_METRICS:
-            raise ValueError(f"not a reported metric; allowed: {', '.join(EPOCH_METRICS)}")
+        if name not in EVAL_METRICS:
+            raise ValueError(f"not a reported metric; allowed: {', '.join(EVAL_METRICS)}")
         return name
 
 

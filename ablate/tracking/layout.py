@@ -8,8 +8,8 @@ Child runs hold:
 - params: every field of the trial's resolved :class:`~ablate.config.TrainConfig`, flattened
   (``model.n``, ``trainer.lr``, ``seed``, ...), plus ``model.name``, ``model.depth``,
   ``model.params`` and ``model.macs``;
-- metrics at every evaluation point, ``step`` = training iteration: see :data:`EPOCH_METRICS`
-  and the ``grad_norm/<part>`` family;
+- metrics at every evaluation point, ``step`` = training iteration: the trainer's numbers,
+  :data:`ablate.metrics.EVAL_METRICS` and the ``grad_norm/<part>`` family (:mod:`ablate.metrics`);
 - final metrics ``final/<metric>`` (the values at the end of the run);
 - artifacts ``layer_responses.json`` (``{"names": [...], "std": [...]}``, network order) and
   ``config.json`` (the resolved config);
@@ -25,10 +25,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ablate.paths import project_root
+
 # tags
 TAG_STUDY = "ablate.study"  # study name, on parent and child runs
 TAG_ROLE = "ablate.role"  # "study" (parent) | "trial" (child)
-TAG_STATUS = "ablate.status"  # child: see TRIAL_STATUSES; parent: see STUDY_STATUSES
+TAG_STATUS = "ablate.status"  # an ablate.metrics.Status: child, any; parent: running | finished | interrupted | failed
 TAG_GROUP = "ablate.group"  # child: key of the configuration without its seed (replicates share it)
 TAG_LABEL = "ablate.label"  # child: short human label of the configuration, e.g. "resnet56-B"
 TAG_TRIAL = "ablate.trial_id"  # child: Ray Tune trial id
@@ -39,21 +41,7 @@ TAG_PARENT = "mlflow.parentRunId"  # set by MLflow for nested runs
 
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
-TRIAL_STATUSES = ("running", "finished", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA
-STUDY_STATUSES = ("running", "finished", "interrupted", "failed")
 
-# metrics logged at each evaluation point (step = iteration)
-EPOCH_METRICS = (
-    "epoch",
-    "train_loss",
-    "train_error",  # fraction in [0, 1], on augmented training batches of the epoch
-    "val_error",  # fraction, held-out split of the training set
-    "test_error",  # fraction, the test set
-    "lr",
-    "images_per_s",
-    "wall_time",  # seconds since the start of training
-)
-GRAD_NORM_PREFIX = "grad_norm/"  # grad_norm/stem, grad_norm/stage1..3, grad_norm/head
 FINAL_PREFIX = "final/"  # final/train_error, final/val_error, final/test_error, ...
 
 # artifacts
@@ -67,15 +55,6 @@ PARAM_MODEL_NAME = "model.name"
 PARAM_MODEL_DEPTH = "model.depth"
 PARAM_MODEL_PARAMS = "model.params"
 PARAM_MODEL_MACS = "model.macs"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above ``start`` (default: cwd) holding ``pyproject.toml`` or ``.git``; else cwd."""
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        if (directory / "pyproject.toml").exists() or (directory / ".git").exists():
-            return directory
-    return here
 
 
 def default_tracking_uri() -> str:

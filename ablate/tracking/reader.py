@@ -40,6 +40,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ablate.errors import UserError
+from ablate.metrics import ERROR_METRICS, Status
 from ablate.tracking import layout
 
 __all__ = [
@@ -54,14 +55,16 @@ __all__ = [
     "load_study_records",
 ]
 
-# Per-epoch metrics whose whole history is read back (Fig. 6 curves); the others only as latest values.
-HISTORY_METRICS = ("train_error", "val_error", "test_error")
+# Metrics whose whole history is read back (Fig. 6 curves); the others only as latest values.
+HISTORY_METRICS = ERROR_METRICS
 
 # Trial statuses whose values are not final yet: still running, or stopped by Ctrl-C to go on after --resume.
-PARTIAL_STATUSES = ("running", "interrupted")
+PARTIAL_STATUSES = (Status.RUNNING, Status.INTERRUPTED)
 
 # MLflow's own run status, for runs that lack the ablate.status tag (a writer that died before tagging).
-_STATUS_FROM_MLFLOW = {"RUNNING": "running", "SCHEDULED": "running", "FINISHED": "finished", "KILLED": "interrupted"}
+_STATUS_FROM_MLFLOW = {
+    "RUNNING": Status.RUNNING, "SCHEDULED": Status.RUNNING, "FINISHED": Status.FINISHED, "KILLED": Status.INTERRUPTED,
+}
 
 _PAGE = 1000  # runs per search request
 _PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -147,7 +150,7 @@ class StudyRecords:
     @property
     def partial(self) -> bool:
         """True while the study runs, after it was interrupted, or while any kept trial has no final values yet."""
-        return self.status in ("running", "interrupted") or any(t.status in PARTIAL_STATUSES for t in self.trials)
+        return self.status in PARTIAL_STATUSES or any(t.status in PARTIAL_STATUSES for t in self.trials)
 
 
 # -- public entry points ------------------------------------------------------------------------
@@ -289,7 +292,7 @@ def _latest_per_replicate(runs: list[Run]) -> tuple[list[Run], int]:
 
 def _status(run: Run) -> str:
     """The ``ablate.status`` tag; MLflow's run status when the tag is missing."""
-    return run.data.tags.get(layout.TAG_STATUS) or _STATUS_FROM_MLFLOW.get(run.info.status, "failed")
+    return run.data.tags.get(layout.TAG_STATUS) or _STATUS_FROM_MLFLOW.get(run.info.status, Status.FAILED)
 
 
 def _parse_param(text: str) -> Any:

@@ -35,19 +35,25 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from ablate.config import TrainConfig, flatten
+from ablate.metrics import EVAL_METRICS, GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
+from ablate.paths import project_root
 from ablate.tracking import layout
 
-__all__ = ["MLFLOW_STATUS", "StudyWriter", "reported_metrics"]
+__all__ = ["MLFLOW_STATUS", "RECORDED_OTHERWISE", "StudyWriter", "reported_metrics"]
 
 # MLflow's own run status for each ablate.status a run ends with (a diverged or early-stopped trial
 # ran as the study planned; an interrupted one continues on --resume).
 MLFLOW_STATUS = {
-    "finished": "FINISHED",
-    "diverged": "FINISHED",
-    "stopped": "FINISHED",  # child: stopped early by ASHA
-    "interrupted": "KILLED",
-    "failed": "FAILED",
+    Status.FINISHED: "FINISHED",
+    Status.DIVERGED: "FINISHED",
+    Status.STOPPED: "FINISHED",  # child: stopped early by ASHA
+    Status.INTERRUPTED: "KILLED",
+    Status.FAILED: "FAILED",
 }
+# Keys of a trainer's report that are recorded, but not as metrics: the step, the status tag, an artifact.
+# Every other key of a report is a metric (reported_metrics) or is dropped; tests/test_metrics.py checks
+# that the trainer reports no key that would be dropped.
+RECORDED_OTHERWISE = {ITERATION: "the step", STATUS: layout.TAG_STATUS, LAYER_RESPONSES: layout.ARTIFACT_RESPONSES}
 TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it
 TAG_VERSION_PREFIX = "ablate.version."  # ablate.version.torch, ... on every child run
 VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna", "ablate")
@@ -57,7 +63,7 @@ _BATCH = 1000  # MLflow's limit on metrics per log_batch request (params: 100)
 
 
 def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of a report that the layout records: :data:`~.layout.EPOCH_METRICS` and ``grad_norm/*``.
+    """The numbers of a report that the layout records: :data:`ablate.metrics.EVAL_METRICS` and ``grad_norm/*``.
 
     Non-finite values are kept: MLflow stores NaN as NaN and clamps infinities to the largest float,
     so a diverged trial's last loss reads back as it was.
@@ -65,7 +71,7 @@ def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {
         key: float(value)
         for key, value in metrics.items()
-        if (key in layout.EPOCH_METRICS or key.startswith(layout.GRAD_NORM_PREFIX))
+        if (key in EVAL_METRICS or key.startswith(GRAD_NORM_PREFIX))
         and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
@@ -97,7 +103,7 @@ class StudyWriter:
         tags = {
             layout.TAG_STUDY: name,
             layout.TAG_ROLE: layout.ROLE_STUDY,
-            layout.TAG_STATUS: "running",
+            layout.TAG_STATUS: Status.RUNNING,
             layout.TAG_QUESTION: question,
             layout.TAG_METRIC: metric,
             layout.TAG_MODE: mode,
@@ -116,7 +122,7 @@ class StudyWriter:
         Open children end as ``interrupted`` (MLflow KILLED), or ``failed`` when the study failed.
         """
         for trial_id in list(self._open):
-            self.end_trial(trial_id, "failed" if status == "failed" else "interrupted")
+            self.end_trial(trial_id, Status.FAILED if status == Status.FAILED else Status.INTERRUPTED)
         if self.parent_id is not None:
             self.client.set_tag(self.parent_id, layout.TAG_STATUS, status)
             self.client.set_terminated(self.parent_id, MLFLOW_STATUS[status])
@@ -138,7 +144,7 @@ class StudyWriter:
             run_id = self._new_trial(trial_id, config, group=group, label=label, model=model)
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, layout.TAG_STATUS, "running")
+            self.client.set_tag(run_id, layout.TAG_STATUS, Status.RUNNING)
             self._last_step[trial_id] = self._logged_up_to(run_id)
         self._open[trial_id] = run_id
         return run_id
@@ -150,7 +156,7 @@ class StudyWriter:
         after passing on its report, so a trial interrupted in between continues from the checkpoint
         before and reports that step again (with the same numbers: the trainer resumes exactly).
         """
-        step = int(metrics["iteration"])
+        step = int(metrics[ITERATION])
         values = reported_metrics(metrics)
         if values and step > self._last_step.get(trial_id, -1):
             self._log(self._open[trial_id], values, step=step)
@@ -173,7 +179,7 @@ class StudyWriter:
         run_id = self._open.pop(trial_id)
         if final:
             values = {layout.FINAL_PREFIX + key: value for key, value in reported_metrics(final).items()}
-            self._log(run_id, values, step=int(final.get("iteration", 0)))
+            self._log(run_id, values, step=int(final.get(ITERATION, 0)))
         if layer_responses is not None:
             self.client.log_text(run_id, json.dumps(dict(layer_responses)), layout.ARTIFACT_RESPONSES)
         if error:
@@ -213,7 +219,7 @@ class StudyWriter:
         tags = {
             layout.TAG_STUDY: self.study,
             layout.TAG_ROLE: layout.ROLE_TRIAL,
-            layout.TAG_STATUS: "running",
+            layout.TAG_STATUS: Status.RUNNING,
             layout.TAG_GROUP: group,
             layout.TAG_LABEL: label,
             layout.TAG_TRIAL: trial_id,
@@ -244,7 +250,7 @@ class StudyWriter:
                     tags[TAG_VERSION_PREFIX + package] = metadata.version(package)
                 except metadata.PackageNotFoundError:
                     continue
-            commit = _git_commit(layout.project_root())
+            commit = _git_commit(project_root())
             if commit:
                 tags[TAG_GIT_COMMIT] = commit
             self._provenance = tags
