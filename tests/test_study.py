@@ -13,7 +13,7 @@ from ablate.study import StudyError, format_plan, load_study, plan_rows
 from ablate.study.core import distinct_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+STUDIES = sorted((ROOT / "studies").rglob("*.yaml"))  # studies/fmnist/NAME.yaml is study fmnist_NAME
 INVALID = sorted((ROOT / "tests" / "invalid_studies").glob("*.yaml"))
 
 # (configurations, seeds) of every shipped study; sampled studies: (num_samples, seeds)
@@ -23,9 +23,19 @@ EXPECTED = {
     "blocks": (4, 3),  # basic, bottleneck, preact, preact_bottleneck at n = 18
     "warmup": (3, 3),  # ResNet-110 x {none, paper, linear}
     "deep_1202": (2, 3),  # 110 and 1202 layers
-    "quickstart": (4, 1),  # {plain, residual} x {8, 32 layers}
+    "quickstart": (4, 3),  # {plain, residual} x {8, 32 layers}
     "lr_search": (12, 1),  # tpe samples
+    "fmnist_depth_sweep": (10, 3),  # {plain, residual} x {8, 20, 32, 56, 110 layers}
+    "fmnist_shortcuts": (8, 3),  # {none, A, B, C} x {20, 56 layers}
+    "fmnist_overfitting": (2, 3),  # resnet20, resnet110 on 500 images
+    "fmnist_warmup": (3, 2),  # resnet110 x {none, paper, linear}
 }
+
+
+def study_name(path: Path) -> str:
+    """The name a shipped study file must declare: its stem, prefixed by its folder under studies/."""
+    folder = path.parent.relative_to(ROOT / "studies")
+    return "_".join((*folder.parts, path.stem))
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -44,14 +54,14 @@ def study_text(space: str = "", extra: str = "") -> str:
 
 
 def test_every_shipped_study_has_an_expected_count():
-    assert {path.stem for path in STUDIES} == set(EXPECTED)
+    assert {study_name(path) for path in STUDIES} == set(EXPECTED)
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_shipped_study_loads_and_expands(path):
     study = load_study(path)
-    configs, seeds = EXPECTED[path.stem]
-    assert study.name == path.stem
+    configs, seeds = EXPECTED[study_name(path)]
+    assert study.name == study_name(path)
     assert path.read_text().startswith("# Question:") and len(study.question) > 20
     assert len(study.seeds) == seeds and study.num_trials == configs * seeds
     if study.sampled:
@@ -104,7 +114,10 @@ def test_quickstart_runs_two_one_core_trials_on_fashion_mnist():
     study = load_study(ROOT / "studies/quickstart.yaml")
     assert (study.resources.cpu, study.resources.gpu, study.max_concurrent) == (1, 0, 2)
     assert {t.config.data.name for t in study.trials()} == {"fashion-mnist"}
-    assert sorted(t.config.model.depth for t in study.trials()) == [8, 8, 32, 32]
+    assert sorted(t.config.model.depth for t in study.trials()) == [8] * 6 + [32] * 6
+    assert sorted({t.seed for t in study.trials()}) == [0, 1, 2]  # the answer is stated with a seed spread
+    points = {t.config.trainer.iterations // t.config.trainer.eval_every for t in study.trials()}
+    assert min(points) >= 15  # Fig. 6-style curves, not three segments
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
