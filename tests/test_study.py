@@ -164,7 +164,7 @@ def test_overrides_change_the_trials_and_are_recorded(tmp_path):
     overrides = ["trainer.iterations=20", "seeds=[0, 1]", "space.model.n=[2]", "early_stopping.grace_period=5"]
     study = load_study(ROOT / "studies/quickstart.yaml", overrides)
     trials = study.trials()
-    assert [(t.label, t.seed) for t in trials] == [("plain14", 0), ("resnet14", 0), ("plain14", 1), ("resnet14", 1)]
+    assert [(t.label, t.seed) for t in trials] == [("plain14-w8", 0), ("resnet14-w8", 0), ("plain14-w8", 1), ("resnet14-w8", 1)]
     assert {t.config.trainer.iterations for t in trials} == {20}
     assert study.early_stopping.grace_period == 5
     assert study.overrides == tuple(overrides)
