@@ -177,7 +177,7 @@ def test_overrides_change_the_trials_and_are_recorded(tmp_path):
 def test_override_can_switch_to_a_sampled_search():
     study = load_study(
         ROOT / "studies/quickstart.yaml",
-        ["search.method=random", "search.num_samples=3", "space.model.n={low: 1, high: 4}"],
+        ["search.method=random", "search.num_samples=3", "space.model.n={low: 1, high: 4}", "seeds=[0]"],
     )
     assert study.sampled and study.num_trials == 3
     assert study.axes[0].integer and study.axes[0].describe() == "integer [1, 4]"
@@ -253,7 +253,7 @@ def test_constraint_values_are_read_as_the_config_reads_them(tmp_path):
 
 def test_budget_allows_exactly_max_trials_and_refuses_more():
     path = ROOT / "studies/quickstart.yaml"
-    assert load_study(path, ["search.max_trials=4"]).num_trials == 4
+    assert load_study(path, ["search.max_trials=4", "seeds=[0]"]).num_trials == 4
     with pytest.raises(StudyError, match=r"search.max_trials: the study would start 8 trials"):
         load_study(path, ["search.max_trials=7", "seeds=[0, 1]"])
     with pytest.raises(StudyError, match=r"12 samples x 1 seed\(s\)"):
@@ -379,7 +379,7 @@ def test_plan_converts_epochs_with_the_training_split():
 
 
 def test_plan_uses_the_data_sets_shape():
-    rows = plan_rows(load_study(ROOT / "studies/quickstart.yaml"))
+    rows = plan_rows(load_study(ROOT / "studies/quickstart.yaml", ["model.base_width=16"]))
     plain8 = next(r for r in rows if r["label"] == "plain8")
     assert (plain8["params"], plain8["macs"]) == (75_002, 9_145_216)  # 1 channel, 28x28 (hand-counted)
 
