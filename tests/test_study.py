@@ -27,7 +27,7 @@ EXPECTED = {
     "lr_search": (12, 1),  # tpe samples
     "fmnist_depth_sweep": (10, 3),  # {plain, residual} x {8, 20, 32, 56, 110 layers}
     "fmnist_shortcuts": (8, 3),  # {none, A, B, C} x {20, 56 layers}
-    "fmnist_overfitting": (2, 3),  # resnet20, resnet110 on 500 images
+    "fmnist_overfitting": (2, 3),  # resnet20, resnet56 on 500 images
     "fmnist_warmup": (3, 2),  # resnet110 x {none, paper, linear}
 }
 
