@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from ablate.config import ConfigError
@@ -43,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered networks with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (3: CIFAR, 1: Fashion-MNIST)")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, help="input channels (3: CIFAR, 1: Fashion-MNIST); default: the net's")
+    p.add_argument("--num-classes", type=int, help="default: the net's (10 CIFAR, 1000 ImageNet)")
+    p.add_argument("--image-size", type=int, help="default: the net's (32 CIFAR, 224 ImageNet)")
     p.set_defaults(handler=_models)
 
     p = sub.add_parser("train", help="train one configuration and show progress per epoch")
@@ -130,18 +131,31 @@ def _parse_sets(pairs: Sequence[str]) -> dict:
 
 
 def _models(args) -> int:
-    from ablate.models import count_macs, count_params, list_models, model_spec
+    from ablate.models import count_macs, count_params, default_input, list_models, model_spec
+    from ablate.models.registry import TABLE1_NOTE, table1_gflops
 
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no registered model matches {args.pattern!r}; try 'ablate models'")
-    dims = dict(in_channels=args.in_channels, num_classes=args.num_classes)
-    rows = []
+    rows, noted = [], False
     for name in names:
         spec = model_spec(name)
-        macs = count_macs(spec, **dims, image_size=args.image_size)
-        rows.append([name, spec.block, spec.depth, spec.shortcut, f"{count_params(spec, **dims):,}", f"{macs:,}"])
-    print(text_table(["name", "block", "depth", "shortcut", "params", "MACs/image"], rows, right={2, 4, 5}))
+        native = default_input(spec)
+        channels = args.in_channels or native.in_channels
+        classes = args.num_classes or native.num_classes
+        size = args.image_size or native.image_size
+        params = count_params(spec, in_channels=channels, num_classes=classes)
+        macs = count_macs(spec, in_channels=channels, num_classes=classes, image_size=size)
+        paper = table1_gflops(spec) if (channels, size, classes) == native else None
+        noted |= paper is not None
+        units = ",".join(map(str, spec.n)) if isinstance(spec.n, tuple) else spec.n
+        rows.append([name, spec.block, units, spec.depth, spec.shortcut, f"{channels}x{size}x{size}", classes,
+                     f"{params:,}", f"{macs:,}", f"{paper}G" if paper else ""])
+    headers = ["name", "block", "units/stage", "depth", "shortcut", "input", "classes", "params", "MACs/image",
+               "Table 1 FLOPs"]
+    print(text_table(headers, rows, right={3, 6, 7, 8, 9}))
+    if noted:
+        print("\n" + textwrap.fill(TABLE1_NOTE, width=110))
     return 0
 
 

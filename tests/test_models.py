@@ -26,7 +26,7 @@ from ablate.models import (
     registry_name,
     spec_for_depth,
 )
-from ablate.models.blocks import BasicBlock, PreActBlock, Projection, ZeroPadShortcut
+from ablate.models.blocks import BasicBlock, Projection, ZeroPadShortcut
 
 BLOCK_TYPES = list(LAYERS_PER_UNIT)
 SHORTCUTS = ["A", "B", "C", "none"]
@@ -163,17 +163,17 @@ def test_basic_unit_applies_relu_after_the_addition():
 
 def test_preact_unit_has_nothing_after_the_addition():
     x = torch.randn(2, 16, 8, 8)
-    unit = PreActBlock(16, 16, shortcut=nn.Identity())
+    unit = BasicBlock(16, 16, shortcut=nn.Identity(), activation="full_preact")
     _silence(unit.conv2)
     assert torch.equal(unit(x), x)  # negative values survive: no ReLU after the addition
-    plain = PreActBlock(16, 16, shortcut=None)
+    plain = BasicBlock(16, 16, shortcut=None, activation="full_preact")
     _silence(plain.conv2)
     assert not plain(x).any()
 
 
 def test_preact_projection_reads_the_preactivated_input():
     x = torch.randn(2, 16, 8, 8)
-    unit = PreActBlock(16, 32, stride=2, shortcut=Projection(16, 32, stride=2))
+    unit = BasicBlock(16, 32, stride=2, shortcut=Projection(16, 32, stride=2), activation="full_preact")
     _silence(unit.conv2)
     assert torch.equal(unit(x), unit.shortcut(F.relu(unit.bn1(x))))
 
@@ -228,16 +228,18 @@ def test_weighted_layers_equal_the_depth(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_response_modules(name):
-    """One per 3x3 layer, stem included: 6n + 1 for basic units, 3n + 1 for bottleneck units."""
+    """One per 3x3 layer (the imagenet stem's 7x7 conv is not one): 6n + 1 for CIFAR basic nets,
+    3n + 1 for CIFAR bottleneck nets; each the BN right after the 3x3 conv, or the conv in preact units."""
     model = meta_model(name)
     responses = model.response_modules()
+    units = sum(model.spec.stage_units)
     per_unit = 2 if model.spec.block in ("basic", "preact") else 1
-    assert len(responses) == 3 * per_unit * model.spec.n + 1
+    assert len(responses) == per_unit * units + (model.spec.stem == "cifar")
     three_by_three = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(three_by_three) == len(responses)
     for name_, module in responses:
         assert model.get_submodule(name_) is module
-        if model.preactivation:
+        if model.placement == "full_preact":
             assert module.kernel_size == (3, 3)
         else:  # the BN right after a 3x3 conv: stem.bn <- stem.conv, stages.i.j.bnK <- stages.i.j.convK
             assert isinstance(module, nn.BatchNorm2d)
@@ -248,7 +250,8 @@ def test_response_modules(name):
 def test_parts_partition_the_parameters(name):
     model = meta_model(name)
     parts = model.parts()
-    assert list(parts) == ["stem", "stage1", "stage2", "stage3", "head"]
+    stages = [f"stage{i + 1}" for i in range(len(model.spec.stage_units))]
+    assert list(parts) == ["stem", *stages, "head"]
     assert sum(count_params(part) for part in parts.values()) == count_params(model)
 
 
