@@ -11,8 +11,8 @@ in this order:
 3. *gain*: D's test error is clearly lower.
 4. *no clear difference* otherwise.
 
-**Shortcut and block comparisons** (configurations differing only in ``model.shortcut`` or
-``model.block``): every pair, on the study's error metric, with the difference set against the
+**Shortcut, block and activation comparisons** (configurations differing only in ``model.shortcut``,
+``model.block`` or ``model.activation``): every pair, on the study's error metric, with the difference set against the
 seed-to-seed spread. "Differing only in" allows the settings the study's own ``constraints.set``
 rules tie to the compared key (warm-up for n = 18, shortcut B for bottleneck blocks); the sentence
 names them.
@@ -110,7 +110,7 @@ class Difference:
 class Finding:
     """One sentence of the diagnosis and the verdict it states."""
 
-    kind: str  # "depth" | "shortcut" | "block"
+    kind: str  # "depth" | "shortcut" | "block" | "activation"
     verdict: str  # one of DEPTH_VERDICTS (kind "depth") or AXIS_VERDICTS
     labels: tuple[str, str]  # (reference, compared): (shallower, deeper) for depth pairs
     tentative: bool  # one seed on both sides: the seed-to-seed spread is unknown
@@ -122,7 +122,9 @@ def comparison_metric(metric: str | None) -> str:
     return metric if metric and metric.endswith("_error") else "test_error"
 
 
-AXES = (("model.n", "depth"), ("model.shortcut", "shortcut"), ("model.block", "block"))  # axis -> Finding.kind
+AXES = (  # axis -> Finding.kind
+    ("model.n", "depth"), ("model.shortcut", "shortcut"), ("model.block", "block"), ("model.activation", "activation"),
+)
 
 
 def diagnose(

@@ -85,7 +85,10 @@ def _header(records: StudyRecords) -> list[Block]:
     return blocks
 
 
-_KINDS = (("depth", "Depth"), ("shortcut", "Shortcut options"), ("block", "Block types"))  # Finding.kind -> title
+_KINDS = (  # Finding.kind -> title
+    ("depth", "Depth"), ("shortcut", "Shortcut options"), ("block", "Block types"),
+    ("activation", "Activation placements"),
+)
 
 
 def _best(summaries: Sequence[ConfigSummary], metric: str) -> str | None:
