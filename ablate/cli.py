@@ -18,8 +18,9 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import get_args
 
-from ablate.config import ConfigError
+from ablate.config import Block, ConfigError, Shortcut
 from ablate.console import text_table
 
 EXIT_USAGE = 2
@@ -51,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one configuration and show progress per epoch")
     p.add_argument("--model", help="a registered name (see 'ablate models'); spec options below override it")
-    p.add_argument("--block", choices=["basic", "bottleneck", "preact", "preact_bottleneck"])
+    p.add_argument("--block", choices=get_args(Block))
     p.add_argument("--n", type=int, help="units per stage: depth 6n+2 (basic) or 9n+2 (bottleneck)")
-    p.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="none: the plain net")
+    p.add_argument("--shortcut", choices=get_args(Shortcut), help="none: the plain net; see ablate/config.py")
     p.add_argument("--data", default="fashion-mnist", help="cifar10 | cifar100 | fashion-mnist | synthetic")
     p.add_argument("--data-root", help="directory holding the data set's files")
     length = p.add_mutually_exclusive_group()
