@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
-from ablate.config import ConfigError
+from ablate.config import Block, ConfigError, Shortcut
 from ablate.errors import UserError
 from ablate.console import text_table
 from ablate.data.catalog import dataset_names
@@ -47,16 +49,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered networks with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
-    p.add_argument("--in-channels", type=_positive, default=3, help="input channels (3: CIFAR, 1: Fashion-MNIST)")
-    p.add_argument("--num-classes", type=_positive, default=10)
-    p.add_argument("--image-size", type=_positive, default=32)
+    p.add_argument("--in-channels", type=_positive, help="input channels (3: CIFAR, 1: Fashion-MNIST); default: the net's")
+    p.add_argument("--num-classes", type=_positive, help="default: the net's (10 CIFAR, 1000 ImageNet)")
+    p.add_argument("--image-size", type=_positive, help="default: the net's (32 CIFAR, 224 ImageNet)")
     p.set_defaults(handler=_models)
 
     p = sub.add_parser("train", help="train one configuration and show progress per epoch")
     p.add_argument("--model", help="a registered name (see 'ablate models'); spec options below override it")
-    p.add_argument("--block", choices=["basic", "bottleneck", "preact", "preact_bottleneck"])
+    p.add_argument("--block", choices=get_args(Block))
     p.add_argument("--n", type=int, help="units per stage: depth 6n+2 (basic) or 9n+2 (bottleneck)")
-    p.add_argument("--shortcut", choices=["A", "B", "C", "none"], help="none: the plain net")
+    p.add_argument("--shortcut", choices=get_args(Shortcut), help="none: the plain net; see ablate/config.py")
     p.add_argument(
         "--data", default="fashion-mnist", choices=dataset_names(),
         help="the data set (default fashion-mnist: on disk after scripts/install.sh, no download; study files and "
@@ -140,18 +142,31 @@ def _parse_sets(pairs: Sequence[str], source: str) -> dict:
 
 
 def _models(args) -> int:
-    from ablate.models import count_macs, count_params, list_models, model_spec
+    from ablate.models import count_macs, count_params, default_input, list_models, model_spec
+    from ablate.models.registry import TABLE1_NOTE, table1_gflops
 
     names = list_models(args.pattern)
     if not names:
         raise ConfigError(f"no registered model matches {args.pattern!r}; try 'ablate models'")
-    dims = dict(in_channels=args.in_channels, num_classes=args.num_classes)
-    rows = []
+    rows, noted = [], False
     for name in names:
         spec = model_spec(name)
-        macs = count_macs(spec, **dims, image_size=args.image_size)
-        rows.append([name, spec.block, spec.depth, spec.shortcut, f"{count_params(spec, **dims):,}", f"{macs:,}"])
-    print(text_table(["name", "block", "depth", "shortcut", "params", "MACs/image"], rows, right={2, 4, 5}))
+        native = default_input(spec)
+        channels = args.in_channels or native.in_channels
+        classes = args.num_classes or native.num_classes
+        size = args.image_size or native.image_size
+        params = count_params(spec, in_channels=channels, num_classes=classes)
+        macs = count_macs(spec, in_channels=channels, num_classes=classes, image_size=size)
+        paper = table1_gflops(spec) if (channels, size, classes) == native else None
+        noted |= paper is not None
+        units = ",".join(map(str, spec.n)) if isinstance(spec.n, tuple) else spec.n
+        rows.append([name, spec.block, units, spec.depth, spec.shortcut, f"{channels}x{size}x{size}", classes,
+                     f"{params:,}", f"{macs:,}", f"{paper}G" if paper else ""])
+    headers = ["name", "block", "units/stage", "depth", "shortcut", "input", "classes", "params", "MACs/image",
+               "Table 1 FLOPs"]
+    print(text_table(headers, rows, right={3, 6, 7, 8, 9}))
+    if noted:
+        print("\n" + textwrap.fill(TABLE1_NOTE, width=110))
     return 0
 
 

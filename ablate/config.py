@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelSpec",
+    "PREACT_BLOCKS",
     "deep_merge",
     "TrainConfig",
     "TrainerConfig",
@@ -43,12 +44,24 @@ __all__ = [
 ]
 
 Block = Literal["basic", "bottleneck", "preact", "preact_bottleneck"]
-Shortcut = Literal["A", "B", "C", "none"]
+# Shortcut options: A/B/C (2015 sec. 3.3), none (plain net), and the shortcut variants of He et al. 2016
+# (sec. 3.1, Fig. 2): scaled (b), gated (c), shortcut_gated (d), dropout (f); 2016's 1x1-conv shortcut (e) is C.
+Shortcut = Literal["A", "B", "C", "none", "scaled", "gated", "shortcut_gated", "dropout"]
+# Where BN and ReLU sit around the addition (He et al. 2016 sec. 4.1, Fig. 4 (a)-(e)).
+Activation = Literal["original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact"]
+Stem = Literal["cifar", "imagenet"]
 
 PAPER_ITERATIONS = 64_000  # the paper's run length (sec. 4.2), used when neither iterations nor epochs is set
 
-# Weighted layers per residual unit, by block type: depth = LAYERS_PER_UNIT * 3n + 2.
+# Weighted layers per residual unit, by block type: depth = LAYERS_PER_UNIT * (units in all stages) + 2.
 LAYERS_PER_UNIT = {"basic": 2, "preact": 2, "bottleneck": 3, "preact_bottleneck": 3}
+PREACT_BLOCKS = ("preact", "preact_bottleneck")  # the full pre-activation units (2016), as block names
+VARIANT_FIELDS = {  # field -> the shortcuts it applies to; elsewhere it must keep its default
+    "shortcut_scale": ("scaled",),
+    "residual_scale": ("scaled",),
+    "gate_bias": ("gated", "shortcut_gated"),
+    "shortcut_dropout": ("dropout",),
+}
 
 
 class ConfigError(UserError):
@@ -60,22 +73,75 @@ class _Frozen(BaseModel):
 
 
 class ModelSpec(_Frozen):
-    """One point of the CIFAR ResNet design space (He et al. 2015 sec. 4.2; 2016 for preact)."""
+    """One point of the ResNet design space: the CIFAR nets (He et al. 2015 sec. 4.2), the ImageNet nets
+    of Table 1 (sec. 3.4, 4.1), and the unit variants of He et al. 2016. The defaults are ResNet-20."""
 
-    block: Block = "basic"  # basic: 3x3,3x3 | bottleneck: 1x1,3x3,1x1(4x) | preact*: BN-ReLU-conv order
-    n: int = Field(3, ge=1)  # residual units per stage; depth = 6n+2 (basic/preact) or 9n+2 (bottleneck)
-    shortcut: Shortcut = "A"  # A: zero-pad identity, B: projection where shape changes, C: all projections, none: plain net
-    base_width: int = Field(16, ge=1)  # filters of the first stage (paper: 16; stages use w, 2w, 4w)
+    block: Block = "basic"  # basic: 3x3,3x3 | bottleneck: 1x1,3x3,1x1(4x) | preact*: BN-ReLU-conv order (2016)
+    n: int | tuple[int, ...] = 3  # units per stage: one number for three stages (CIFAR: 6n+2 / 9n+2
+    #   layers), or one per stage, e.g. [2, 2, 2, 2] (ResNet-18), [3, 4, 6, 3] (ResNet-34/50)
+    shortcut: Shortcut = "A"  # A: zero-pad identity, B: projection where shape changes, C: all projections,
+    #   none: plain net; 2016 variants (applied to every shortcut, projected as B where the shape changes):
+    #   scaled: shortcut_scale * h(x) + residual_scale * F; gated: (1-g) h(x) + g F; shortcut_gated: (1-g) h(x) + F,
+    #   with g = sigmoid(1x1 conv(x) + b); dropout: h(x) dropped with probability shortcut_dropout
+    stem: Stem = "cifar"  # cifar: 3x3 conv, stride 1 | imagenet: 7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2
+    activation: Activation = "original"  # BN/ReLU placement of basic and bottleneck units (2016 Fig. 4); the
+    #   preact blocks are full_preact already (block basic + full_preact builds exactly block preact)
+    base_width: int = Field(16, ge=1)  # filters of the first stage (CIFAR: 16, ImageNet: 64; each stage doubles)
     width_mult: float = Field(1.0, gt=0)  # multiplies base_width (wide variants)
+    shortcut_scale: float = Field(0.5, gt=0, allow_inf_nan=False)  # scaled: lambda on the shortcut (2016: 0.5)
+    residual_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # scaled: factor on F (2016: 1 fails; 0.5 trains)
+    gate_bias: float = Field(-6.0, allow_inf_nan=False)  # gated kinds: initial bias b of the gate (2016 Table 1: -6 best)
+    shortcut_dropout: float = Field(0.5, ge=0, lt=1)  # dropout: probability of dropping a shortcut element (2016: 0.5)
+
+    @field_validator("n")
+    @classmethod
+    def _units_per_stage(cls, n: int | tuple[int, ...]) -> int | tuple[int, ...]:
+        if min(n if isinstance(n, tuple) else (n,), default=0) < 1:
+            raise ValueError("units per stage: one number >= 1, or a list of at least one stage, each >= 1")
+        return n
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "ModelSpec":
+        if self.block in PREACT_BLOCKS and self.activation != "original":
+            plain_block = "basic" if self.block == "preact" else "bottleneck"
+            raise ValueError(
+                f"activation {self.activation!r} with block {self.block!r}: the preact blocks are full pre-activation "
+                f"already; to choose the placement use block {plain_block!r} with activation one of "
+                "original, bn_after_add, relu_before_add, relu_preact, full_preact"
+            )
+        defaults = type(self).model_fields
+        for key, shortcuts in VARIANT_FIELDS.items():
+            if getattr(self, key) != defaults[key].default and self.shortcut not in shortcuts:
+                raise ValueError(
+                    f"{key} applies to shortcut {' or '.join(shortcuts)} only (got shortcut {self.shortcut!r}); "
+                    "leave it out for other shortcuts"
+                )
+        return self
+
+    @property
+    def stage_units(self) -> tuple[int, ...]:
+        """Units in each stage: ``n`` three times (CIFAR), or ``n`` itself when it is a list."""
+        return self.n if isinstance(self.n, tuple) else (self.n,) * 3
 
     @property
     def depth(self) -> int:
-        """Weighted layers: the stem conv, the convs of 3n units, and the classifier."""
-        return LAYERS_PER_UNIT[self.block] * 3 * self.n + 2
+        """Weighted layers: the stem conv, the convs of all units, and the classifier."""
+        return LAYERS_PER_UNIT[self.block] * sum(self.stage_units) + 2
 
     @property
     def residual(self) -> bool:
         return self.shortcut != "none"
+
+    @property
+    def min_image_size(self) -> int:
+        """Smallest input side: each stride-2 step (every stage after the first; the imagenet stem's
+        conv and max-pool) halves the maps, and the last must still have 1 pixel."""
+        return 2 ** (len(self.stage_units) - 1 + (2 if self.stem == "imagenet" else 0))
+
+    @property
+    def placement(self) -> str:
+        """The unit's BN/ReLU placement (2016 Fig. 4): the preact blocks are ``full_preact``."""
+        return "full_preact" if self.block in PREACT_BLOCKS else self.activation
 
     @property
     def width(self) -> int:
@@ -84,14 +150,24 @@ class ModelSpec(_Frozen):
 
     @property
     def name(self) -> str:
-        """The paper's name where there is one: resnet20, plain56, resnet56-B, preact_resnet164, ..."""
-        prefix = "preact_" if self.block.startswith("preact") else ""
-        family = "plain" if not self.residual else "resnet"
-        name = f"{prefix}{family}{self.depth}"
-        default_shortcut = "B" if self.block.endswith("bottleneck") else "A"
+        """The paper's name where there is one: resnet20, plain56, resnet56-B, preact_resnet164, resnet50, ...
+
+        Four stages are the ImageNet family of Table 1 (defaults: imagenet stem, width 64, shortcut B);
+        other layouts the CIFAR family (cifar stem, width 16, shortcut A; B for bottleneck units).
+        Anything else is a suffix: ``resnet18-cifar`` (small-image stem), ``resnet110-gated``,
+        ``resnet110-bn_after_add``, ``resnet20-w32``.
+        """
+        preact = self.placement == "full_preact"
+        name = f"{'preact_' if preact else ''}{'resnet' if self.residual else 'plain'}{self.depth}"
+        imagenet = len(self.stage_units) == 4
+        if self.stem != ("imagenet" if imagenet else "cifar"):
+            name += f"-{self.stem}"
+        default_shortcut = "B" if imagenet or self.block.endswith("bottleneck") else "A"
         if self.residual and self.shortcut != default_shortcut:
             name += f"-{self.shortcut}"
-        if self.width != 16:
+        if not preact and self.activation != "original":
+            name += f"-{self.activation}"
+        if self.width != (64 if imagenet else 16):
             name += f"-w{self.width}"
         return name
 

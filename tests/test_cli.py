@@ -26,6 +26,13 @@ def test_models_lists_the_registry_with_exact_counts(capsys):
     out = capsys.readouterr().out
     assert "resnet20" in out and "269,722" in out and "40,551,040" in out
     assert "resnet1202" in out and "19,421,274" in out and "2,829,238,912" in out
+    for count in ("11,689,512", "21,797,672", "25,557,032", "44,549,160", "60,192,808"):  # at 1000 classes
+        assert count in out
+    assert "3x224x224" in out and "4,089,184,256" in out and "3.8G" in out
+    assert "Table 1 of He et al. 2015 counts multiply-adds" in out
+    assert main(["models", "resnet18_cifar", "--in-channels", "1", "--image-size", "28"]) == 0
+    out = capsys.readouterr().out
+    assert "1x28x28" in out and "11,172,810" in out and "Table 1 of" not in out
     assert main(["models", "nothing*"]) == 2
     assert "no registered model matches" in capsys.readouterr().err
 

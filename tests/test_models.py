@@ -20,13 +20,14 @@ from ablate.models import (
     count_macs,
     count_params,
     create_model,
+    imagenet_spec,
     list_models,
     model_spec,
     register_model,
     registry_name,
     spec_for_depth,
 )
-from ablate.models.blocks import BasicBlock, PreActBlock, Projection, ZeroPadShortcut
+from ablate.models.blocks import BasicBlock, Projection, ZeroPadShortcut
 
 BLOCK_TYPES = list(LAYERS_PER_UNIT)
 SHORTCUTS = ["A", "B", "C", "none"]
@@ -35,12 +36,19 @@ SHORTCUTS = ["A", "B", "C", "none"]
 PAPER_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 PAPER_MACS = {20: 40_551_040, 56: 125_485_696, 110: 252_887_680, 1202: 2_829_238_912}
 
+# He et al. 2015 Table 1 nets at 1000 classes and 224x224, option B: torchvision's published parameter
+# counts, and its published "GFLOPS" (multiply-adds, to two decimals; stride in the bottleneck's 3x3 conv).
+IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
+IMAGENET_GMACS = {18: 1.81, 34: 3.66, 50: 4.09, 101: 7.80, 152: 11.51}
+IMAGENET = dict(num_classes=1000, image_size=224)
+
 # The registered names the project relies on (study files and `ablate models` refer to them).
 PROMISED_MODELS = {
     *(f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)),
     *(f"plain{d}" for d in (20, 32, 44, 56, 110)),
     "resnet20_b", "resnet20_c", "resnet56_b", "resnet56_c",
     "resnet164", "resnet1001", "preact_resnet110", "preact_resnet164", "preact_resnet1001",
+    *(f"resnet{d}" for d in IMAGENET_PARAMS), "plain18", "plain34", "resnet34_a", "resnet34_c", "resnet18_cifar",
 }  # fmt: skip
 
 
@@ -87,6 +95,73 @@ def test_projection_shortcuts_add_exactly_the_projection_weights():
     assert count_params(model_spec("resnet20_b")) - count_params(base) == 2_752
     assert count_params(model_spec("resnet20_c")) - count_params(base) == 14_240
     assert count_macs(model_spec("resnet20_b")) - count_macs(base) == 262_144
+
+
+@pytest.mark.parametrize("depth", IMAGENET_PARAMS)
+def test_imagenet_counts_match_torchvision(depth):
+    spec = model_spec(f"resnet{depth}")
+    assert count_params(spec, num_classes=1000) == IMAGENET_PARAMS[depth]
+    assert round(count_macs(spec, **IMAGENET) / 1e9, 2) == IMAGENET_GMACS[depth]
+
+
+def test_imagenet_plain_twins_and_shortcut_options():
+    """Table 2's plain nets and option A have no projection; B adds the three downsampling projections
+    (1x1 conv + BN: 64->128, 128->256, 256->512 = 8,192 + 256 + 32,768 + 512 + 131,072 + 1,024); C adds
+    one on every unit."""
+    projections_b = 8_192 + 256 + 32_768 + 512 + 131_072 + 1_024
+    for depth in (18, 34):
+        assert count_params(model_spec(f"plain{depth}"), num_classes=1000) == IMAGENET_PARAMS[depth] - projections_b
+    assert count_params(model_spec("resnet34_a"), num_classes=1000) == IMAGENET_PARAMS[34] - projections_b
+    assert count_params(model_spec("resnet34_c"), num_classes=1000) > IMAGENET_PARAMS[34]
+    assert model_spec("resnet34-A").shortcut == "A" and model_spec("plain34").name == "plain34"
+
+
+def test_small_image_resnet18():
+    """The textbook ResNet-18 for CIFAR: ResNet-18 with a 3x3 stride-1 stem and no max-pool. By hand from
+    ResNet-18: 7x7x3x64 stem -> 3x3x3x64 (-7,680), FC 512x1000+1000 -> 512x10+10 (-507,870)."""
+    spec = model_spec("resnet18_cifar")
+    assert spec.name == "resnet18-cifar" and spec.stage_units == (2, 2, 2, 2) and spec.width == 64
+    assert count_params(spec) == IMAGENET_PARAMS[18] - 7_680 - 507_870 == 11_173_962
+    assert count_params(spec, in_channels=1) == 11_173_962 - 2 * 9 * 64  # Fashion-MNIST: one input channel
+    with torch.device("meta"):
+        model = build_model(spec)
+    assert list(model.stem) == [model.stem.conv, model.stem.bn, model.stem.relu]
+    assert model.stem.conv.kernel_size == (3, 3) and model.stem.conv.stride == (1, 1)
+
+
+def test_imagenet_layout_maps_and_stem():
+    """conv1 7x7 stride 2 -> 112, max-pool -> 56, then conv2_x..conv5_x at 56, 28, 14, 7 (Table 1)."""
+    with torch.device("meta"):
+        model = create_model("resnet50", num_classes=1000)
+        shapes = []
+        for stage in model.stages:
+            stage.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape[1:])))
+        model(torch.empty(1, 3, 224, 224))
+    assert shapes == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+    assert [type(m) for m in model.stem] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert model.stem.conv.kernel_size == (7, 7) and model.stem.conv.stride == (2, 2)
+    assert model.stem.pool.kernel_size == 3 and model.stem.pool.stride == 2
+
+
+def test_table1_note_is_true(monkeypatch):
+    """ablate models' note: with the stride in the first 1x1 conv (the paper's models), the bottleneck nets
+    cost 231.2M MACs less: 3.86 / 7.57 / 11.28 G, Table 1's 3.8 / 7.6 / 11.3."""
+    from ablate.models import blocks
+    from ablate.models.registry import TABLE1_NOTE
+
+    def stride_in_first_1x1(self, in_channels, channels, stride):
+        return [blocks.conv1x1(in_channels, channels, stride), blocks.conv3x3(channels, channels),
+                blocks.conv1x1(channels, channels * self.expansion)]
+
+    with_3x3 = {d: count_macs(model_spec(f"resnet{d}"), **IMAGENET) for d in (50, 101, 152)}
+    monkeypatch.setattr(blocks.Bottleneck, "_layers", stride_in_first_1x1)
+    for depth, expected in ((50, 3.86), (101, 7.57), (152, 11.28)):
+        with torch.device("meta"):
+            model = create_model(f"resnet{depth}", num_classes=1000)
+        macs = count_macs(model, image_size=224)
+        assert round(macs / 1e9, 2) == expected and f"{expected}" in TABLE1_NOTE
+        assert with_3x3[depth] - macs == 231_211_008
+    assert "231.2M" in TABLE1_NOTE
 
 
 def test_counting_a_built_model_agrees_and_leaves_it_untouched():
@@ -163,17 +238,17 @@ def test_basic_unit_applies_relu_after_the_addition():
 
 def test_preact_unit_has_nothing_after_the_addition():
     x = torch.randn(2, 16, 8, 8)
-    unit = PreActBlock(16, 16, shortcut=nn.Identity())
+    unit = BasicBlock(16, 16, shortcut=nn.Identity(), activation="full_preact")
     _silence(unit.conv2)
     assert torch.equal(unit(x), x)  # negative values survive: no ReLU after the addition
-    plain = PreActBlock(16, 16, shortcut=None)
+    plain = BasicBlock(16, 16, shortcut=None, activation="full_preact")
     _silence(plain.conv2)
     assert not plain(x).any()
 
 
 def test_preact_projection_reads_the_preactivated_input():
     x = torch.randn(2, 16, 8, 8)
-    unit = PreActBlock(16, 32, stride=2, shortcut=Projection(16, 32, stride=2))
+    unit = BasicBlock(16, 32, stride=2, shortcut=Projection(16, 32, stride=2), activation="full_preact")
     _silence(unit.conv2)
     assert torch.equal(unit(x), unit.shortcut(F.relu(unit.bn1(x))))
 
@@ -228,16 +303,18 @@ def test_weighted_layers_equal_the_depth(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_response_modules(name):
-    """One per 3x3 layer, stem included: 6n + 1 for basic units, 3n + 1 for bottleneck units."""
+    """One per 3x3 layer (the imagenet stem's 7x7 conv is not one): 6n + 1 for CIFAR basic nets,
+    3n + 1 for CIFAR bottleneck nets; each the BN right after the 3x3 conv, or the conv in preact units."""
     model = meta_model(name)
     responses = model.response_modules()
+    units = sum(model.spec.stage_units)
     per_unit = 2 if model.spec.block in ("basic", "preact") else 1
-    assert len(responses) == 3 * per_unit * model.spec.n + 1
+    assert len(responses) == per_unit * units + (model.spec.stem == "cifar")
     three_by_three = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(three_by_three) == len(responses)
     for name_, module in responses:
         assert model.get_submodule(name_) is module
-        if model.preactivation:
+        if model.placement == "full_preact":
             assert module.kernel_size == (3, 3)
         else:  # the BN right after a 3x3 conv: stem.bn <- stem.conv, stages.i.j.bnK <- stages.i.j.convK
             assert isinstance(module, nn.BatchNorm2d)
@@ -248,7 +325,8 @@ def test_response_modules(name):
 def test_parts_partition_the_parameters(name):
     model = meta_model(name)
     parts = model.parts()
-    assert list(parts) == ["stem", "stage1", "stage2", "stage3", "head"]
+    stages = [f"stage{i + 1}" for i in range(len(model.spec.stage_units))]
+    assert list(parts) == ["stem", *stages, "head"]
     assert sum(count_params(part) for part in parts.values()) == count_params(model)
 
 
@@ -259,6 +337,14 @@ def test_bottleneck_nets_match_the_2016_paper_sizes():
 
 
 # -- creating models and specs -------------------------------------------------------------------
+
+
+def test_imagenet_spec():
+    assert imagenet_spec(50) == model_spec("resnet50")
+    assert imagenet_spec(34, shortcut="A").name == "resnet34-A"
+    assert imagenet_spec(18, stem="cifar", width_mult=0.25).name == "resnet18-cifar-w16"
+    with pytest.raises(ValueError, match="no ImageNet net of depth 20 in Table 1; depths: 18, 34, 50, 101, 152"):
+        imagenet_spec(20)
 
 
 def test_spec_for_depth():
@@ -293,6 +379,8 @@ def test_create_model_applies_spec_overrides():
         (lambda: build_model(ModelSpec(), in_channels=0), r"in_channels must be at least 1 .*got 0"),
         (lambda: build_model(ModelSpec(), num_classes=1), r"num_classes must be at least 2, got 1"),
         (lambda: count_macs(ModelSpec(), image_size=3), r"3x3 pixels is too small.*at least 4"),
+        (lambda: count_macs(model_spec("resnet18"), image_size=28), r"28x28 pixels is too small.*at least 32"),
+        (lambda: ModelSpec(n=[2, 0]), r"units per stage"),
     ],
 )
 def test_unsupported_input_raises_value_error(call, message):

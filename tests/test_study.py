@@ -120,6 +120,30 @@ def test_quickstart_runs_two_one_core_trials_on_fashion_mnist():
     assert min(points) >= 15  # Fig. 6-style curves, not three segments
 
 
+def test_imagenet_degradation_sweeps_the_table_1_layouts():
+    study = load_study(ROOT / "studies/fmnist/imagenet_degradation.yaml")
+    assert study.num_trials == 4 * 2
+    rows = plan_rows(study)
+    assert {(r["label"], r["model.n"], r["params"]) for r in rows} == {
+        ("plain18-cifar-w8", (2, 2, 2, 2), 173_346), ("resnet18-cifar-A-w8", (2, 2, 2, 2), 173_346),
+        ("plain34-cifar-w8", (3, 4, 6, 3), 332_098), ("resnet34-cifar-A-w8", (3, 4, 6, 3), 332_098),
+    }
+
+
+def test_unit_variants_sweeps_shortcuts_and_placements():
+    """Six shortcuts with the original unit, five placements with the identity (B) shortcut; the rule
+    scales F by 0.5 for the scaled shortcut (the case He et al. 2016 could train)."""
+    study = load_study(ROOT / "studies/fmnist/unit_variants.yaml")
+    assert study.num_trials == 10 * 2
+    rows = [r for r in plan_rows(study) if r["seed"] == 0]
+    assert {(r["model.shortcut"], r["model.activation"]) for r in rows} == {
+        *((s, "original") for s in ("B", "scaled", "gated", "shortcut_gated", "C", "dropout")),
+        *(("B", a) for a in ("bn_after_add", "relu_before_add", "relu_preact", "full_preact")),
+    }
+    assert {r["model.shortcut"]: r["model.residual_scale"] for r in rows}["scaled"] == 0.5
+    assert "preact_resnet56-B-w8" in format_plan(rows)
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
 def test_search_space_files_load(path, tmp_path):
     sampled = "low:" in path.read_text()
@@ -192,7 +216,7 @@ def test_override_can_switch_to_a_sampled_search():
         ("seeds.0=3", ["override 'seeds.0=3': seeds is a list, not a section"]),
         ("trainer.lr=[1", ["override 'trainer.lr=[1'", "malformed YAML"]),
         ("space.model.shortcut=[A, E]", ["(override 'space.model.shortcut=[A, E]'): space.model.shortcut[1]",
-                                         "'A', 'B', 'C' or 'none'"]),
+                                         "'A', 'B', 'C', 'none', 'scaled'"]),
         ("model.n=3", ["(override 'model.n=3'): space.model.n", "model.n is also fixed"]),
     ],
 )

@@ -1,4 +1,5 @@
-"""The CIFAR ResNet design space (He et al. 2015 sec. 4.2; 2016), its registry, parameter and MAC counts.
+"""The ResNet design space (He et al. 2015: CIFAR and ImageNet nets; 2016: unit variants), its registry,
+parameter and MAC counts.
 
 Example::
 
@@ -10,21 +11,28 @@ Example::
 
 from ablate.models.counting import count_macs, count_params
 from ablate.models.registry import (
+    ModelInput,
     create_model,
+    default_input,
+    imagenet_spec,
     list_models,
     model_spec,
     register_model,
     registry_name,
     spec_for_depth,
 )
-from ablate.models.resnet import CifarResNet, build_model
+from ablate.models.resnet import CifarResNet, ResNet, build_model
 
 __all__ = [
     "CifarResNet",
+    "ModelInput",
+    "ResNet",
     "build_model",
     "count_macs",
     "count_params",
     "create_model",
+    "default_input",
+    "imagenet_spec",
     "list_models",
     "model_spec",
     "register_model",

@@ -30,7 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ablate.config import ModelSpec
-from ablate.models.resnet import CifarResNet, build_model, check_image_size
+from ablate.models.resnet import ResNet, build_model
 
 __all__ = ["count_macs", "count_params"]
 
@@ -49,19 +49,18 @@ def count_params(spec_or_model: ModelSpec | nn.Module, *, in_channels: int = 3, 
 
 
 def count_macs(
-    spec_or_model: ModelSpec | CifarResNet, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32
+    spec_or_model: ModelSpec | ResNet, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32
 ) -> int:
     """Conv + linear multiply-accumulates of one forward pass of one ``image_size`` square image.
 
     ``in_channels`` and ``num_classes`` apply to a spec; a model is traced with its own input
     channels through meta copies of its parameters and buffers (its weights and BN statistics
-    are neither read nor changed).
+    are neither read nor changed). An image smaller than the net's ``min_image_size`` is a ValueError.
     """
-    check_image_size(image_size, image_size)
     if isinstance(spec_or_model, ModelSpec):
         return _spec_macs(spec_or_model, in_channels, num_classes, image_size)
-    if not isinstance(spec_or_model, CifarResNet):
-        raise TypeError(f"count_macs: expected a ModelSpec or a CifarResNet, got {type(spec_or_model).__name__}")
+    if not isinstance(spec_or_model, ResNet):
+        raise TypeError(f"count_macs: expected a ModelSpec or a ResNet, got {type(spec_or_model).__name__}")
     return _trace_macs(spec_or_model, image_size)
 
 
@@ -89,7 +88,7 @@ class _MacCounter(TorchFunctionMode):
 
 
 @lru_cache(maxsize=1)
-def _meta_model(spec: ModelSpec, in_channels: int, num_classes: int) -> CifarResNet:
+def _meta_model(spec: ModelSpec, in_channels: int, num_classes: int) -> ResNet:
     """``spec`` built on the meta device: parameters with shapes and no storage."""
     with torch.device("meta"):
         return build_model(spec, in_channels=in_channels, num_classes=num_classes)
@@ -105,7 +104,7 @@ def _spec_macs(spec: ModelSpec, in_channels: int, num_classes: int, image_size: 
     return _trace_macs(_meta_model(spec, in_channels, num_classes), image_size)
 
 
-def _trace_macs(model: CifarResNet, image_size: int) -> int:
+def _trace_macs(model: ResNet, image_size: int) -> int:
     """One meta image through ``model`` (with meta copies of its state) under a :class:`_MacCounter`."""
     meta_state = {
         name: torch.empty_like(tensor, device="meta")

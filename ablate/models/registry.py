@@ -1,4 +1,4 @@
-"""The model registry (timm style): named points of the design space.
+"""The model registry (timm style): named points of the design space, with the input each was made for.
 
 A registered function takes no arguments and returns a :class:`~ablate.config.ModelSpec`;
 it is registered under its ``__name__``, which must be the spec's paper name
@@ -15,20 +15,69 @@ Example::
     ['plain20', 'plain32', 'plain44', 'plain56', 'plain110']
     >>> spec_for_depth(164, block="bottleneck", shortcut="B").n
     18
+    >>> imagenet_spec(50).n, default_input(model_spec("resnet50"))
+    ((3, 4, 6, 3), ModelInput(in_channels=3, image_size=224, num_classes=1000))
 """
 
 from __future__ import annotations
 
 import difflib
 from fnmatch import fnmatchcase
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from pydantic import ValidationError
 
 from ablate.config import LAYERS_PER_UNIT, ConfigError, ModelSpec, format_validation_error
-from ablate.models.resnet import CifarResNet, build_model
+from ablate.models.resnet import ResNet, build_model
 
-__all__ = ["create_model", "list_models", "model_spec", "register_model", "registry_name", "spec_for_depth"]
+__all__ = [
+    "IMAGENET_LAYOUTS",
+    "TABLE1_GFLOPS",
+    "TABLE1_NOTE",
+    "ModelInput",
+    "create_model",
+    "default_input",
+    "imagenet_spec",
+    "list_models",
+    "model_spec",
+    "register_model",
+    "registry_name",
+    "spec_for_depth",
+    "table1_gflops",
+]
+
+# He et al. 2015, Table 1: the ImageNet nets' units and units per stage (conv2_x .. conv5_x) ...
+IMAGENET_LAYOUTS: dict[int, tuple[str, tuple[int, ...]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+# ... and their "FLOPs" row, x 10^9 at 224x224: multiply-adds, as the paper counts them (not 2 FLOPs per MAC).
+TABLE1_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+# Why the MACs counted here differ from that row (the numbers are checked in tests/test_models.py).
+TABLE1_NOTE = (
+    "Table 1 of He et al. 2015 counts multiply-adds, so its FLOPs compare with MACs here (a profiler that "
+    "counts 2 FLOPs per multiply-add reports twice as many). ResNet-18 and -34 agree within the table's one "
+    "decimal (1.81 and 3.66 G; 3.64 G for the option-A ResNet-34 the paper trained). The bottleneck nets "
+    "(50/101/152) put the stride in the 3x3 conv, as torchvision does; the paper's released models put it in "
+    "the first 1x1 conv, which then runs on a quarter of the pixels in the three downsampling units: 231.2M "
+    "MACs less, 3.86 / 7.57 / 11.28 G against the table's 3.8 / 7.6 / 11.3. Parameters are the same either way."
+)
+
+
+class ModelInput(NamedTuple):
+    """The input a net was made for: what ``ablate models`` counts it at unless told otherwise."""
+
+    in_channels: int
+    image_size: int
+    num_classes: int
+
+
+def default_input(spec: ModelSpec) -> ModelInput:
+    """ImageNet (3 x 224 x 224, 1000 classes) for the imagenet stem, else CIFAR-10 (3 x 32 x 32, 10 classes)."""
+    return ModelInput(3, 224, 1000) if spec.stem == "imagenet" else ModelInput(3, 32, 10)
 
 _REGISTRY: dict[str, ModelSpec] = {}  # registered name -> spec, in registration order
 
@@ -78,7 +127,7 @@ def _validated_spec(fields: dict[str, Any], *, source: str) -> ModelSpec:
         raise ConfigError(format_validation_error(err, source=source)) from None
 
 
-def create_model(name: str, *, in_channels: int = 3, num_classes: int = 10, **spec_overrides: Any) -> CifarResNet:
+def create_model(name: str, *, in_channels: int = 3, num_classes: int = 10, **spec_overrides: Any) -> ResNet:
     """Build a registered model, optionally with spec fields overridden (e.g. ``width_mult=2``)."""
     spec = model_spec(name)
     if spec_overrides:
@@ -101,6 +150,23 @@ def spec_for_depth(depth: int, *, block: str = "basic", **fields: Any) -> ModelS
             f"nearest valid depths: {below}, {below + per_n}"
         )
     return _validated_spec({"block": block, "n": n, **fields}, source=f"spec_for_depth({depth})")
+
+
+def table1_gflops(spec: ModelSpec) -> float | None:
+    """Table 1's FLOPs (multiply-adds, x 10^9, at 224x224) for a Table 1 net, whatever its shortcut; else None."""
+    layout = IMAGENET_LAYOUTS.get(spec.depth)
+    if layout is None or spec.stem != "imagenet" or spec.width != 64 or (spec.block, spec.stage_units) != layout:
+        return None
+    return TABLE1_GFLOPS[spec.depth]
+
+
+def imagenet_spec(depth: int, **fields: Any) -> ModelSpec:
+    """The Table 1 net of ``depth`` layers: imagenet stem, width 64, option B unless ``fields`` say otherwise."""
+    if depth not in IMAGENET_LAYOUTS:
+        raise ValueError(f"no ImageNet net of depth {depth} in Table 1; depths: {', '.join(map(str, IMAGENET_LAYOUTS))}")
+    block, units = IMAGENET_LAYOUTS[depth]
+    base = {"block": block, "n": units, "stem": "imagenet", "base_width": 64, "shortcut": "B"}
+    return _validated_spec({**base, **fields}, source=f"imagenet_spec({depth})")
 
 
 # -- the registered models ---------------------------------------------------------------------
@@ -211,3 +277,60 @@ def preact_resnet164() -> ModelSpec:
 @register_model
 def preact_resnet1001() -> ModelSpec:
     return spec_for_depth(1001, block="preact_bottleneck", shortcut="B")
+
+
+# He et al. 2015, Table 1 (ImageNet, option B as torchvision's counts), Table 2 (plain twins), Table 3 (A, C).
+
+
+@register_model
+def resnet18() -> ModelSpec:
+    return imagenet_spec(18)
+
+
+@register_model
+def resnet34() -> ModelSpec:
+    return imagenet_spec(34)
+
+
+@register_model
+def resnet50() -> ModelSpec:
+    return imagenet_spec(50)
+
+
+@register_model
+def resnet101() -> ModelSpec:
+    return imagenet_spec(101)
+
+
+@register_model
+def resnet152() -> ModelSpec:
+    return imagenet_spec(152)
+
+
+@register_model
+def plain18() -> ModelSpec:
+    return imagenet_spec(18, shortcut="none")
+
+
+@register_model
+def plain34() -> ModelSpec:
+    return imagenet_spec(34, shortcut="none")
+
+
+@register_model
+def resnet34_a() -> ModelSpec:
+    return imagenet_spec(34, shortcut="A")
+
+
+@register_model
+def resnet34_c() -> ModelSpec:
+    return imagenet_spec(34, shortcut="C")
+
+
+# The textbook ResNet-18 for small images (CIFAR-10, Fashion-MNIST): ResNet-18 with a 3x3 stride-1 stem
+# and no max-pool, so its four stages see 32, 16, 8, 4 pixels of a 32x32 image.
+
+
+@register_model
+def resnet18_cifar() -> ModelSpec:
+    return imagenet_spec(18, stem="cifar")

@@ -11,8 +11,9 @@ in this order:
 3. *gain*: D's test error is clearly lower.
 4. *no clear difference* otherwise.
 
-**Shortcut, block and warm-up comparisons** (configurations differing only in ``model.shortcut``,
-``model.block`` or ``trainer.warmup.policy``): every pair, on the study's error metric, with the difference set against the
+**Shortcut, block, activation and warm-up comparisons** (configurations differing only in
+``model.shortcut``, ``model.block``, ``model.activation`` or ``trainer.warmup.policy``): every pair, on the
+study's error metric, with the difference set against the
 seed-to-seed spread. "Differing only in" allows the settings the study's own ``constraints.set``
 rules tie to the compared key (warm-up for n = 18, shortcut B for bottleneck blocks); the sentence
 names them.
@@ -110,7 +111,7 @@ class Difference:
 class Finding:
     """One sentence of the diagnosis and the verdict it states."""
 
-    kind: str  # "depth" | "shortcut" | "block" | "warm-up"
+    kind: str  # "depth" | "shortcut" | "block" | "activation" | "warm-up"
     verdict: str  # one of DEPTH_VERDICTS (kind "depth") or AXIS_VERDICTS
     labels: tuple[str, str]  # (reference, compared): (shallower, deeper) for depth pairs
     tentative: bool  # one seed on both sides: the seed-to-seed spread is unknown
@@ -126,6 +127,7 @@ AXES = (  # axis -> Finding.kind
     ("model.n", "depth"),
     ("model.shortcut", "shortcut"),
     ("model.block", "block"),
+    ("model.activation", "activation"),
     ("trainer.warmup.policy", "warm-up"),
 )
 

@@ -90,6 +90,7 @@ _KINDS = (  # Finding.kind -> title
     ("depth", "Depth"),
     ("shortcut", "Shortcut options"),
     ("block", "Block types"),
+    ("activation", "Activation placements"),
     ("warm-up", "Warm-up policies"),
 )
 

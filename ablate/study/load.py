@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ablate.config import ConfigError, TrainConfig, flatten, unflatten, with_overrides
 from ablate.study.core import Axis, Study
 from ablate.study.files import apply_overrides, read_yaml, resolve_space
-from ablate.study.plan import train_iterations
+from ablate.study.plan import data_shape, train_iterations
 from ablate.study.schema import (
     SAMPLED_METHODS,
     Constraints,
@@ -74,6 +74,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
     if not study.sampled:
         study = replace(study, _grid=study._expand())
     _check_budget(study, origin)
+    _check_image_sizes(study, origin)
     return study
 
 
@@ -160,15 +161,15 @@ def _constraints(constraints: Constraints, base: TrainConfig, axes: tuple[Axis, 
     fail = _failer(origin, origin.file)
     axis_leaves = set().union(*(_leaves(axis) for axis in axes)) if axes else set()
 
-    def checked(entry: dict[str, Any], where: str, *, any_of: bool) -> dict[str, Any]:
+    def checked(entry: dict[str, Any], where: str, *, any_of: bool, context: TrainConfig = base) -> dict[str, Any]:
         out = {}
         for key, want in entry.items():
             _check_key(key, f"{where}.{key}", fail, leaf_only=True)
             source = f"{origin.source(where)}: {where}.{key}"
             if any_of and isinstance(want, list):
-                out[key] = [_normalise(base, key, v, f"{source}[{i}]") for i, v in enumerate(want)]
+                out[key] = [_normalise(context, key, v, f"{source}[{i}]") for i, v in enumerate(want)]
             else:
-                out[key] = _normalise(base, key, want, source)
+                out[key] = _normalise(context, key, want, source)
         return out
 
     exclude = [checked(entry, f"constraints.exclude[{i}]", any_of=True) for i, entry in enumerate(constraints.exclude)]
@@ -178,13 +179,24 @@ def _constraints(constraints: Constraints, base: TrainConfig, axes: tuple[Axis, 
     rules = []
     for i, rule in enumerate(constraints.set):
         where = f"constraints.set[{i}]"
-        then = checked(rule.then, f"{where}.then", any_of=False)
+        when = checked(rule.when, f"{where}.when", any_of=True)
+        then = checked(rule.then, f"{where}.then", any_of=False, context=_matching(base, when))
         on_axis = sorted(k for k in then if k in axis_leaves or any(k.startswith(a.key + ".") for a in axes))
         if on_axis:
             fail(f"{where}.then", f"{', '.join(on_axis)} is an axis of the space; a rule may only set other keys "
                                   "(drop the unwanted combinations with constraints.exclude instead)")
-        rules.append(SetRule(when=checked(rule.when, f"{where}.when", any_of=True), then=then))
+        rules.append(SetRule(when=when, then=then))
     return Constraints(exclude=exclude, set=rules)
+
+
+def _matching(base: TrainConfig, when: dict[str, Any]) -> TrainConfig:
+    """``base`` with a rule's ``when`` values applied (the first of a list), so that ``then`` values are
+    validated where they apply (``model.gate_bias`` is valid where ``model.shortcut`` is gated); ``base``
+    itself when those values do not combine."""
+    try:
+        return with_overrides(base, {k: v[0] if isinstance(v, list) else v for k, v in when.items()})
+    except ConfigError:
+        return base
 
 
 # -- method and budget -----------------------------------------------------------------------------
@@ -208,6 +220,18 @@ def _check_method(spec: StudyFile, axes: tuple[Axis, ...], written: dict[str, tu
         raise origin.error("search.num_samples", f"required for search.method {method}: how many points to sample")
     if not axes:
         raise origin.error("space", f"search.method {method} needs at least one axis to sample")
+
+
+def _check_image_sizes(study: Study, origin: Origin) -> None:
+    """Every grid trial's images survive its net's stride-2 steps (``ModelSpec.min_image_size``)."""
+    for trial in study._grid:
+        model, size = trial.config.model, data_shape(trial.config.data).image_size
+        if size < model.min_image_size:
+            raise origin.error(
+                "model.stem", f"{trial.label} needs images of at least {model.min_image_size} pixels "
+                              f"({model.stem} stem, {len(model.stage_units)} stages), but {trial.config.data.name} "
+                              f"has {size}; use stem cifar (3x3, stride 1) or fewer stages"
+            )
 
 
 def _check_budget(study: Study, origin: Origin) -> None:
