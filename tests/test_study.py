@@ -29,6 +29,8 @@ EXPECTED = {
     "fmnist_shortcuts": (8, 3),  # {none, A, B, C} x {20, 56 layers}
     "fmnist_overfitting": (2, 3),  # resnet20, resnet56 on 500 images
     "fmnist_warmup": (3, 2),  # resnet110 x {none, paper, linear}
+    "fmnist_imagenet_degradation": (4, 2),  # plain/residual x {18, 34} ImageNet layouts
+    "fmnist_unit_variants": (10, 2),  # He et al. 2016 shortcut variants and activation placements
 }
 
 

@@ -19,9 +19,10 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from ablate.config import ConfigError, TrainConfig, flatten, unflatten, with_overrides
+from ablate.data.catalog import data_source
 from ablate.study.core import Axis, Study
 from ablate.study.files import apply_overrides, read_yaml, resolve_space
-from ablate.study.plan import data_shape, train_iterations
+from ablate.study.plan import train_iterations
 from ablate.study.schema import (
     SAMPLED_METHODS,
     Constraints,
@@ -225,7 +226,7 @@ def _check_method(spec: StudyFile, axes: tuple[Axis, ...], written: dict[str, tu
 def _check_image_sizes(study: Study, origin: Origin) -> None:
     """Every grid trial's images survive its net's stride-2 steps (``ModelSpec.min_image_size``)."""
     for trial in study._grid:
-        model, size = trial.config.model, data_shape(trial.config.data).image_size
+        model, size = trial.config.model, data_source(trial.config.data).image_size
         if size < model.min_image_size:
             raise origin.error(
                 "model.stem", f"{trial.label} needs images of at least {model.min_image_size} pixels "
