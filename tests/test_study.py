@@ -29,15 +29,16 @@ EXPECTED = {
     "fmnist_shortcuts": (8, 3),  # {none, A, B, C} x {20, 56 layers}
     "fmnist_overfitting": (2, 3),  # resnet20, resnet56 on 500 images
     "fmnist_warmup": (3, 2),  # resnet110 x {none, paper, linear}
-    "fmnist_imagenet_degradation": (4, 2),  # plain/residual x {18, 34} ImageNet layouts
-    "fmnist_unit_variants": (10, 2),  # He et al. 2016 shortcut variants and activation placements
+    "imagenet_degradation": (4, 2),  # plain/residual x {18, 34} ImageNet layouts
+    "unit_variants": (10, 2),  # He et al. 2016 shortcut variants and activation placements
 }
 
 
 def study_name(path: Path) -> str:
-    """The name a shipped study file must declare: its stem, prefixed by its folder under studies/."""
+    """The name a shipped study file declares: its stem, or its stem prefixed by its folder under studies/."""
     folder = path.parent.relative_to(ROOT / "studies")
-    return "_".join((*folder.parts, path.stem))
+    prefixed = "_".join((*folder.parts, path.stem))
+    return prefixed if prefixed in EXPECTED else path.stem
 
 
 def write(folder: Path, name: str, text: str) -> Path:
