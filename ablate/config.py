@@ -38,6 +38,7 @@ __all__ = [
     "WarmupConfig",
     "flatten",
     "format_validation_error",
+    "short_repr",
     "unflatten",
     "with_overrides",
 ]
@@ -56,17 +57,17 @@ class ConfigError(UserError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)  # finite floats
 
 
 class ModelSpec(_Frozen):
     """One point of the CIFAR ResNet design space (He et al. 2015 sec. 4.2; 2016 for preact)."""
 
     block: Block = "basic"  # basic: 3x3,3x3 | bottleneck: 1x1,3x3,1x1(4x) | preact*: BN-ReLU-conv order
-    n: int = Field(3, ge=1)  # residual units per stage; depth = 6n+2 (basic/preact) or 9n+2 (bottleneck)
+    n: int = Field(3, ge=1, le=1000)  # residual units per stage; depth = 6n+2 (basic/preact) or 9n+2 (bottleneck)
     shortcut: Shortcut = "A"  # A: zero-pad identity, B: projection where shape changes, C: all projections, none: plain net
-    base_width: int = Field(16, ge=1)  # filters of the first stage (paper: 16; stages use w, 2w, 4w)
-    width_mult: float = Field(1.0, gt=0)  # multiplies base_width (wide variants)
+    base_width: int = Field(16, ge=1, le=1024)  # filters of the first stage (paper: 16; stages use w, 2w, 4w)
+    width_mult: float = Field(1.0, gt=0, le=64)  # multiplies base_width (wide variants; WRN uses up to 10)
 
     @property
     def depth(self) -> int:
@@ -100,7 +101,7 @@ class DataConfig(_Frozen):
     """Which data set, where its files are, and how it is split and augmented."""
 
     name: str = "cifar10"  # a data set of ablate.data.catalog: cifar10 | cifar100 | fashion-mnist | synthetic
-    root: str | None = None  # directory holding the files; None: the standard places, then the cache
+    root: str | None = Field(None, max_length=4096)  # folder holding the files; None: the standard places, then the cache
     download: bool = True  # fetch (with checksum) into the cache when the files are not found
     val_size: int = Field(5000, ge=0)  # held out from the training set (paper: 45k/5k); 0: no validation
     train_size: int | None = Field(None, ge=1)  # keep this many training images (after the split); None: all
@@ -144,13 +145,13 @@ class TrainerConfig(_Frozen):
     iterations: int | None = Field(None, ge=1)  # run length in iterations; None: PAPER_ITERATIONS unless epochs is set
     epochs: int | None = Field(None, ge=1)  # run length in epochs instead (iterations = epochs * batches per epoch)
     schedule: Literal["step", "cosine", "constant"] = "step"  # lr schedule after warm-up
-    milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of the run where lr *= gamma (paper: 32k/64k, 48k/64k)
+    milestones: tuple[float, ...] = Field((0.5, 0.75), max_length=100)  # step: fractions of the run where lr *= gamma (paper: 32k, 48k of 64k)
     gamma: float = Field(0.1, gt=0, le=1)  # step: lr multiplier at each milestone (paper: /10)
     warmup: WarmupConfig = WarmupConfig()  # warm-up policy
     eval_every: int | None = Field(None, ge=1)  # iterations between evaluations; None: once per epoch
     eval_batch_size: int = Field(1000, ge=1)  # batch for validation/test passes (no gradients)
     grad_norm_every: int = Field(10, ge=1)  # iterations between per-stage gradient-norm samples
-    device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
+    device: str = Field("auto", max_length=32)  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     bf16: bool | None = None  # bf16 autocast; None: on where it helps (CUDA, CPUs with AMX/AVX512-BF16)
     channels_last: bool | None = None  # NHWC memory format; None: on where it helps (same rule as bf16)
     compile: bool = False  # torch.compile the model (pays off only for long runs; see docs/BENCHMARKS.md)
@@ -239,9 +240,15 @@ def format_validation_error(err: ValidationError, *, source: str = "config", pre
         msg = problem["msg"].removeprefix("Value error, ")  # our validators' own messages, as written
         if problem["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {problem.get('input')!r})"
+        got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {short_repr(problem.get('input'))})"
         lines.append(f"{source}: {where}: {msg}{got}")
     return "\n".join(lines)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for messages (a value may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], *, source: str = "overrides") -> TrainConfig:
