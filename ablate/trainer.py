@@ -484,7 +484,7 @@ def _load_checkpoint(directory: Path, model, optimizer) -> tuple[_Position, Pape
             f"{path}: refused: not a checkpoint written by ablate (it is not tensors and plain values; nothing "
             "in it was run)"
         ) from None
-    except (EOFError, OSError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001  read as data, a damaged file raises anything from EOFError to IndexError
         raise CheckpointError(f"{path}: unreadable: truncated, empty or not a PyTorch file ({_detail(err)})") from None
     try:
         model.load_state_dict(state["model"])
