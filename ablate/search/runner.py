@@ -57,7 +57,7 @@ _QUIET_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # a failed trial's traceback goes to its error file and MLflow, not the terminal
 }
-RAY_AUTH_MODE = "RAY_AUTH_MODE"  # a local Ray uses token authentication; set explicitly, Ray does not warn about it
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # its notice on a local start: see _connect_ray
 ASHA_UNBOUNDED = 2**31  # max_t of a sampled study: above any run length, so ASHA never cuts a run at max_t
 
 
@@ -236,16 +236,21 @@ def _cluster_address(address: str | None) -> str | None:
 def _connect_ray(target: str | None) -> bool:
     """Use the Ray this process already runs; else join ``target``; else start a local Ray on loopback only.
 
-    A local Ray never joins a cluster that happens to run on the machine (``address="local"``) and
-    listens on 127.0.0.1 only. Returns whether Ray was started here (and is to be shut down after).
+    A local Ray never joins a cluster that happens to run on the machine (``address="local"``), listens on
+    127.0.0.1 only and keeps Ray's token authentication, without Ray's notice about it. Returns whether
+    Ray was started here (and is to be shut down after).
     """
     if ray.is_initialized():
         return False
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if target is None:
-        os.environ.setdefault(RAY_AUTH_MODE, "token")
-        with _loopback_only():
-            ray.init(address="local", **options)
+        notice = logging.getLogger(_AUTH_LOGGER)
+        notice.addFilter(_no_token_notice)
+        try:
+            with _loopback_only():
+                ray.init(address="local", **options)
+        finally:
+            notice.removeFilter(_no_token_notice)
         return True
     try:
         ray.init(address=target, **options)
@@ -256,6 +261,15 @@ def _connect_ray(target: str | None) -> bool:
     cpus = ray.cluster_resources().get("CPU", 0)
     print(f"joined the Ray cluster at {target}: {len(nodes)} node(s), {cpus:g} CPUs", flush=True)
     return True
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    """Drops Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out" notice.
+
+    A local Ray keeps token authentication (on by default); the notice asks nothing of the user. Setting
+    RAY_AUTH_MODE=token instead would not do: Ray reads it once, at import.
+    """
+    return "Token authentication is enabled" not in record.getMessage()
 
 
 @contextmanager
