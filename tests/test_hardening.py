@@ -333,3 +333,88 @@ def test_open_store_creates_a_fresh_sqlite_store(tmp_path):
     assert db.is_file() and client.search_experiments()
     with pytest.raises(TrackingError, match="MLflow cannot use URIs"):
         open_store("nonsense://x")
+
+
+# -- the runner: checks first, a local Ray, messages ----------------------------------------------------
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray as if not running in this process, and any attempt to start or join one recorded, not made."""
+    from ablate.search import runner
+
+    calls = []
+
+    def init(**kwargs):
+        from ray._private import ray_constants
+
+        calls.append(kwargs | {"loopback": not ray_constants.ENABLE_RAY_CLUSTER})
+        raise RuntimeError("stop here: Ray was asked to start")
+
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runner.ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("uri", ["nonsense://x", "garbage"])
+def test_run_checks_the_store_before_starting_ray_or_moving_anything(tmp_path, capsys, no_ray, uri):
+    if uri == "garbage":
+        (tmp_path / "mlflow.db").write_bytes(random.Random(1).randbytes(5000))
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "question": "?", "data": {"name": "synthetic", "val_size": 100}}))
+    earlier = tmp_path / "ray_results" / "s"
+    earlier.mkdir(parents=True)
+    refused(["run", str(path), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray_results")], capsys,
+            f"tracking store {uri}")
+    assert no_ray == [] and [p.name for p in earlier.parent.iterdir()] == ["s"]
+
+
+def test_a_local_ray_is_started_on_loopback_and_never_joins_a_running_cluster(no_ray):
+    from ablate.search import runner
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        runner._connect_ray(runner._cluster_address(None))
+    assert no_ray[0]["address"] == "local" and no_ray[0]["loopback"]
+    with pytest.raises(runner.ClusterError, match="Ray Client addresses are not supported"):
+        runner._cluster_address("ray://head:10001")
+
+
+def test_ray_notices_the_user_cannot_act_on_are_dropped():
+    """Tune's "Tuner.restore(...)" hint (ours says `--resume`) and Ray's token-authentication notice."""
+    import logging
+
+    from ablate.search import runner
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    tune = logging.getLogger("ray.tune.tune")
+    tune.addHandler(handler)
+    try:
+        with runner._quiet_ray():
+            tune.warning("Experiment has been interrupted.\nResume experiment with: Tuner.restore(path='x')")
+            tune.warning("something else")
+    finally:
+        tune.removeHandler(handler)
+    assert [record.getMessage() for record in seen] == ["something else"]
+    notice = logging.LogRecord("ray", logging.WARNING, "", 0, "Token authentication is enabled for this Ray "
+                               "cluster. Set RAY_AUTH_MODE=disabled to opt out.", None, None)
+    assert not runner._no_token_notice(notice)
+
+
+def test_a_first_invocation_has_no_trials_ended_in_earlier_runs():
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+
+    from ablate.search.callbacks import Recorder
+
+    trials = [SimpleNamespace(trial_id="a", status=Trial.TERMINATED), SimpleNamespace(trial_id="b", status=Trial.PENDING)]
+    first = Recorder(None, expected=2)
+    first.on_experiment_end(trials)
+    assert first.done_before == 0
+    resumed = Recorder(None, expected=2, resumed=True)
+    resumed.on_experiment_end(trials)
+    assert resumed.done_before == 1
