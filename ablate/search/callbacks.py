@@ -155,7 +155,7 @@ class Progress(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         failures = trial.run_metadata.num_failures
         print(f"  {trial_name(trial)}: {_failure(trial)}; it restarts from its last checkpoint "
-              f"(failure {failures}; {self.restarts} restart(s) allowed)", flush=True)
+              f"(restart {failures} of at most {self.restarts})", flush=True)
 
     def line(self, trials: list[Trial]) -> str:
         """The progress line for ``trials`` (those Tune has created so far)."""

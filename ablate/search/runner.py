@@ -96,9 +96,9 @@ def run_study(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    target = _cluster_address(address)
     _check_data(study)
     writer = StudyWriter(tracking_uri)  # the store checked (TrackingError) before anything moves or starts
-    target = _cluster_address(address)
     if not resume:
         _set_aside(experiment)
     started_ray = _connect_ray(target)
