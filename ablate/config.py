@@ -39,6 +39,7 @@ __all__ = [
     "WarmupConfig",
     "flatten",
     "format_validation_error",
+    "short_repr",
     "unflatten",
     "with_overrides",
 ]
@@ -69,7 +70,7 @@ class ConfigError(UserError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)  # finite floats
 
 
 class ModelSpec(_Frozen):
@@ -86,8 +87,8 @@ class ModelSpec(_Frozen):
     stem: Stem = "cifar"  # cifar: 3x3 conv, stride 1 | imagenet: 7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2
     activation: Activation = "original"  # BN/ReLU placement of basic and bottleneck units (2016 Fig. 4); the
     #   preact blocks are full_preact already (block basic + full_preact builds exactly block preact)
-    base_width: int = Field(16, ge=1)  # filters of the first stage (CIFAR: 16, ImageNet: 64; each stage doubles)
-    width_mult: float = Field(1.0, gt=0)  # multiplies base_width (wide variants)
+    base_width: int = Field(16, ge=1, le=1024)  # filters of the first stage (CIFAR: 16, ImageNet: 64; each stage doubles)
+    width_mult: float = Field(1.0, gt=0, le=64)  # multiplies base_width (wide variants)
     shortcut_scale: float = Field(0.5, gt=0, allow_inf_nan=False)  # scaled: lambda on the shortcut (2016: 0.5)
     residual_scale: float = Field(1.0, gt=0, allow_inf_nan=False)  # scaled: factor on F (2016: 1 fails; 0.5 trains)
     gate_bias: float = Field(-6.0, allow_inf_nan=False)  # gated kinds: initial bias b of the gate (2016 Table 1: -6 best)
@@ -96,8 +97,9 @@ class ModelSpec(_Frozen):
     @field_validator("n")
     @classmethod
     def _units_per_stage(cls, n: int | tuple[int, ...]) -> int | tuple[int, ...]:
-        if min(n if isinstance(n, tuple) else (n,), default=0) < 1:
-            raise ValueError("units per stage: one number >= 1, or a list of at least one stage, each >= 1")
+        units = n if isinstance(n, tuple) else (n,)
+        if min(units, default=0) < 1 or max(units) > 1000 or len(units) > 16:
+            raise ValueError("units per stage: one number in [1, 1000], or a list of 1 to 16 stages, each in [1, 1000]")
         return n
 
     @model_validator(mode="after")
@@ -176,7 +178,7 @@ class DataConfig(_Frozen):
     """Which data set, where its files are, and how it is split and augmented."""
 
     name: str = "cifar10"  # a data set of ablate.data.catalog: cifar10 | cifar100 | fashion-mnist | synthetic
-    root: str | None = None  # directory holding the files; None: the standard places, then the cache
+    root: str | None = Field(None, max_length=4096)  # folder holding the files; None: the standard places, then the cache
     download: bool = True  # fetch (with checksum) into the cache when the files are not found
     val_size: int = Field(5000, ge=0)  # held out from the training set (paper: 45k/5k); 0: no validation
     train_size: int | None = Field(None, ge=1)  # keep this many training images (after the split); None: all
@@ -220,13 +222,13 @@ class TrainerConfig(_Frozen):
     iterations: int | None = Field(None, ge=1)  # run length in iterations; None: PAPER_ITERATIONS unless epochs is set
     epochs: int | None = Field(None, ge=1)  # run length in epochs instead (iterations = epochs * batches per epoch)
     schedule: Literal["step", "cosine", "constant"] = "step"  # lr schedule after warm-up
-    milestones: tuple[float, ...] = (0.5, 0.75)  # step: fractions of the run where lr *= gamma (paper: 32k/64k, 48k/64k)
+    milestones: tuple[float, ...] = Field((0.5, 0.75), max_length=100)  # step: fractions of the run where lr *= gamma (paper: 32k, 48k of 64k)
     gamma: float = Field(0.1, gt=0, le=1)  # step: lr multiplier at each milestone (paper: /10)
     warmup: WarmupConfig = WarmupConfig()  # warm-up policy
     eval_every: int | None = Field(None, ge=1)  # iterations between evaluations; None: once per epoch
     eval_batch_size: int = Field(1000, ge=1)  # batch for validation/test passes (no gradients)
     grad_norm_every: int = Field(10, ge=1)  # iterations between per-stage gradient-norm samples
-    device: str = "auto"  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
+    device: str = Field("auto", max_length=32)  # auto (cuda if present, else cpu) | cpu | cuda | cuda:N
     bf16: bool | None = None  # bf16 autocast; None: on where it helps (CUDA, CPUs with AMX/AVX512-BF16)
     channels_last: bool | None = None  # NHWC memory format; None: on where it helps (same rule as bf16)
     compile: bool = False  # torch.compile the model (pays off only for long runs; see docs/BENCHMARKS.md)
@@ -315,9 +317,15 @@ def format_validation_error(err: ValidationError, *, source: str = "config", pre
         msg = problem["msg"].removeprefix("Value error, ")  # our validators' own messages, as written
         if problem["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {problem.get('input')!r})"
+        got = "" if problem["type"] in ("missing", "extra_forbidden") else f" (got {short_repr(problem.get('input'))})"
         lines.append(f"{source}: {where}: {msg}{got}")
     return "\n".join(lines)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for messages (a value may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], *, source: str = "overrides") -> TrainConfig:

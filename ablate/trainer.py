@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -37,16 +38,22 @@ import torch.nn.functional as F
 
 from ablate.config import ConfigError, TrainConfig
 from ablate.data import DeviceData, Splits, load_dataset
+from ablate.errors import UserError
 from ablate.metrics import GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
 from ablate.models import build_model
 from ablate.schedule import PaperWarmup, learning_rate
 
-__all__ = ["CHECKPOINT_FILE", "ReportCallback", "TrainResult", "resolve_device", "speed_defaults", "train"]
+__all__ = ["CHECKPOINT_FILE", "CheckpointError", "ReportCallback", "TrainResult", "resolve_device", "speed_defaults",
+           "train"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DIVERGENCE_CHECK_EVERY = 50  # iterations between non-finite loss checks (each one syncs the device)
 
 ReportCallback = Callable[[dict[str, Any]], None]  # report(metrics): the keys are declared in ablate.metrics
+
+
+class CheckpointError(UserError):
+    """A ``checkpoint.pt`` that cannot be resumed from: missing, unreadable, not one of ours, or of another model."""
 
 
 @dataclass
@@ -461,16 +468,42 @@ def _save_checkpoint(directory: Path, model, optimizer, pos: _Position, warmup: 
 def _load_checkpoint(directory: Path, model, optimizer) -> tuple[_Position, PaperWarmup]:
     """Model, optimiser and global RNG states restored; the position and warm-up state returned.
 
-    The data generator is not touched here: :func:`_epoch_batches` replays the interrupted epoch from
-    ``position.epoch_rng``, the one place that restores it.
+    The file is read as data only (``weights_only``: tensors, numbers, strings, lists and dicts, which is
+    all a checkpoint holds), so a crafted file cannot run code; anything but what :func:`_save_checkpoint`
+    wrote for this model is one :class:`CheckpointError`. The data generator is not touched here:
+    :func:`_epoch_batches` replays the interrupted epoch from ``position.epoch_rng``, the one place that
+    restores it.
     """
     path = directory / CHECKPOINT_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {directory} to resume from")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return _Position(**state["position"]), PaperWarmup.from_state(state["warmup"])
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file to resume from; run without --resume to start afresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: not a checkpoint written by ablate (it is not tensors and plain values; nothing "
+            "in it was run)"
+        ) from None
+    except Exception as err:  # noqa: BLE001  read as data, a damaged file raises anything from EOFError to IndexError
+        raise CheckpointError(f"{path}: unreadable: truncated, empty or not a PyTorch file ({_detail(err)})") from None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        pos = _Position(**state["position"])
+        warmup = PaperWarmup.from_state(state["warmup"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: not a checkpoint written by ablate (no {err.args[0]!r} entry)") from None
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: written for another model or setting: {_detail(err)}") from None
+    return pos, warmup
+
+
+def _detail(err: BaseException) -> str:
+    """The telling line of an error, at most 160 characters (torch's state-dict errors run to pages)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.endswith(":")] or lines or [type(err).__name__]
+    text = telling[0]
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -23,6 +23,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from ablate.errors import UserError
 from ablate.report.aggregate import coupled_keys, summarize
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
@@ -33,9 +34,13 @@ from ablate.report.render import to_html, to_markdown
 from ablate.tracking import layout
 from ablate.tracking.reader import UnknownStudyError, list_studies, load_study_records
 
-__all__ = ["Report", "UnknownStudyError", "format_studies", "list_studies", "make_report"]
+__all__ = ["Report", "ReportError", "UnknownStudyError", "format_studies", "list_studies", "make_report"]
 
 FIGURES = {"curves": "curves.png", "responses": "layer_responses.png"}  # key -> file name in the report folder
+
+
+class ReportError(UserError):
+    """A report that cannot be written where asked (a study name that is not a plain folder name)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     :func:`ablate.tracking.layout.default_tracking_uri`); an unknown study raises
     :class:`UnknownStudyError` listing the recorded ones.
     """
+    folder = _report_folder(Path(out_dir), study_name)
     uri = tracking_uri or layout.default_tracking_uri()
     records = load_study_records(study_name, uri)
     metric = comparison_metric(records.metric)
@@ -67,7 +73,6 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     tolerance = Tolerance()
     findings = diagnose(summaries, metric=metric, tolerance=tolerance, study=records.study)
 
-    folder = Path(out_dir) / study_name
     folder.mkdir(parents=True, exist_ok=True)
     for name in FIGURES.values():  # a figure from an earlier report must not outlive its data
         (folder / name).unlink(missing_ok=True)
@@ -91,6 +96,16 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
         logged_to = None
     summary = terminal_summary(records, summaries, findings, metric=metric, where=where)
     return Report(folder, summary, files, tuple(findings), logged_to)
+
+
+def _report_folder(out_dir: Path, study_name: str) -> Path:
+    """``out_dir/study_name``, refusing a name that would put the report anywhere else (``..``, ``a/b``)."""
+    if study_name in ("", ".", "..") or any(sep in study_name for sep in ("/", "\\", "\0")):
+        raise ReportError(
+            f"--study {study_name!r}: not usable as the report's folder name under {out_dir}; a study name is "
+            "letters, digits, '_', '.' and '-' (rename the MLflow experiment)"
+        )
+    return out_dir / study_name
 
 
 def format_studies(rows: Sequence[dict[str, Any]]) -> str:

@@ -58,9 +58,10 @@ class Recorder(tune.Callback):
     ``FailureConfig.max_failures`` retries).
     """
 
-    def __init__(self, writer: StudyWriter, *, expected: int):
+    def __init__(self, writer: StudyWriter, *, expected: int, resumed: bool = False):
         self.writer = writer
         self.expected = expected  # trials the study runs in all
+        self.resumed = resumed  # this invocation continues an earlier one (--resume)
         self.started: set[str] = set()  # trial ids started in this invocation
         self.ended: dict[str, str] = {}  # trial id -> status, for trials that ended in this invocation
         self.done_before = 0  # trials that had ended before this invocation (--resume)
@@ -103,7 +104,8 @@ class Recorder(tune.Callback):
         self.ended[trial.trial_id] = Status.FAILED
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
-        self.done_before = sum(t.trial_id not in self.started and t.status == Trial.TERMINATED for t in trials)
+        if self.resumed:  # a first invocation has no earlier runs, whatever state Tune leaves a trial in
+            self.done_before = sum(t.trial_id not in self.started and t.status == Trial.TERMINATED for t in trials)
 
 
 def _error_text(trial: Trial) -> str | None:
@@ -112,14 +114,25 @@ def _error_text(trial: Trial) -> str | None:
     return Path(path).read_text() if path and Path(path).exists() else None
 
 
+def _failure(trial: Trial) -> str:
+    """The trial's latest failure in a few words: its worker died, or the exception's last line."""
+    text = _error_text(trial) or ""
+    latest = text.rsplit("Failure # ", 1)[-1]
+    if "ActorDiedError" in latest or "actor died" in latest.lower() or "worker died" in latest.lower():
+        return "its worker process died"
+    lines = [line.strip() for line in latest.splitlines()[1:] if line.strip()]
+    return f"it failed ({lines[-1][:160]})" if lines else "it failed"
+
+
 class Progress(tune.Callback):
     """Prints ``[0:01:23] 3/8 done, 2 running, 3 pending | best test_error 0.1234 (resnet20 seed 1) | ...``.
 
     Every :data:`PROGRESS_EVERY` seconds, with each running trial's epoch; and a line per trial that ends.
     """
 
-    def __init__(self, *, metric: str, mode: str, total: int, every: float = PROGRESS_EVERY):
+    def __init__(self, *, metric: str, mode: str, total: int, restarts: int = 0, every: float = PROGRESS_EVERY):
         self.metric, self.mode, self.total, self.every = metric, mode, total, every
+        self.restarts = restarts  # how many times Tune restarts a failed trial before it counts as failed
         self._start = time.monotonic()
         self._last = self._start
 
@@ -138,6 +151,11 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         print(f"  {trial_name(trial)}: failed; the error is in {trial.error_file}", flush=True)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        failures = trial.run_metadata.num_failures
+        print(f"  {trial_name(trial)}: {_failure(trial)}; it restarts from its last checkpoint "
+              f"(restart {failures} of at most {self.restarts})", flush=True)
 
     def line(self, trials: list[Trial]) -> str:
         """The progress line for ``trials`` (those Tune has created so far)."""

@@ -1,8 +1,10 @@
 """``run_study``: a study on Ray Tune, one trial per configuration and seed, recorded in MLflow.
 
-Operation order: find the Ray Tune state (``<storage>/<study name>``; ``--resume`` needs it, a fresh
-run sets an earlier one aside) -> join Ray (the one already running in this process, else
-``address`` / ``$RAY_ADDRESS``, else a local one) -> open the parent run -> build the Tuner (grid:
+Operation order: check everything the user passed before anything moves or starts (the Ray Tune
+state ``<storage>/<study name>`` that ``--resume`` needs, the data sets, the tracking store, the
+cluster address) -> set an earlier run's Ray Tune state aside (a fresh run) -> join Ray (the one
+already running in this process, else ``address`` / ``$RAY_ADDRESS``, else a local one listening on
+loopback only) -> open the parent run -> build the Tuner (grid:
 ``tune.grid_search`` over the study's trials; tpe/random: :class:`~ablate.search.sampling.StudySearcher`)
 or restore it -> ``fit`` with Ray's own output silenced and the :mod:`~ablate.search.callbacks`
 recording and printing progress -> end the parent run as finished, interrupted or failed (whatever
@@ -41,7 +43,7 @@ from ablate.study import Study, train_iterations
 from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
 
-__all__ = ["EXIT_FAILED_TRIALS", "EXIT_INTERRUPTED", "EXIT_USAGE", "MAX_FAILURES", "run_study"]
+__all__ = ["ClusterError", "EXIT_FAILED_TRIALS", "EXIT_INTERRUPTED", "EXIT_USAGE", "MAX_FAILURES", "run_study"]
 
 EXIT_FAILED_TRIALS = 1  # the study ran to its end but some trials failed
 EXIT_USAGE = 2  # nothing to resume
@@ -50,8 +52,17 @@ MAX_FAILURES = 2  # restarts of a failed trial, each from its last checkpoint, b
 KEEP_CHECKPOINTS = 1  # per trial: the latest is all a restart needs
 STORAGE_DIR = "ray_results"  # default storage, at the project root
 # environment while a study runs (see _quiet_ray)
-_QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+_QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # a failed trial's traceback goes to its error file and MLflow, not the terminal
+}
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # its notice on a local start: see _connect_ray
 ASHA_UNBOUNDED = 2**31  # max_t of a sampled study: above any run length, so ASHA never cuts a run at max_t
+
+
+class ClusterError(UserError):
+    """The Ray cluster cannot run the study: an address that is not supported or not reachable, too few CPUs."""
 
 
 def run_study(
@@ -85,13 +96,15 @@ def run_study(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    target = _cluster_address(address)
     _check_data(study)
+    writer = StudyWriter(tracking_uri)  # the store checked (TrackingError) before anything moves or starts
     if not resume:
         _set_aside(experiment)
-    started_ray = _connect_ray(address)
+    started_ray = _connect_ray(target)
     try:
         trainable = tune.with_resources(train_trial, _resources(study))  # checked before anything is recorded
-        return _run(study, StudyWriter(tracking_uri), trainable, experiment=experiment, resume=resume)
+        return _run(study, writer, trainable, experiment=experiment, resume=resume)
     finally:
         if started_ray:
             ray.shutdown()
@@ -103,8 +116,12 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
         study.name, question=study.question, metric=study.metric.name, mode=study.metric.mode,
         study_yaml=study.resolved_yaml(), overrides=dict(item.partition("=")[::2] for item in study.overrides),
     )
-    recorder = Recorder(writer, expected=study.num_trials)
-    callbacks = [recorder, Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials)]
+    if writer.abandoned:
+        print(f"closed {len(writer.abandoned)} earlier invocation(s) of {study.name!r} whose driver had died "
+              "(now recorded as interrupted)", flush=True)
+    recorder = Recorder(writer, expected=study.num_trials, resumed=resume)
+    progress = Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials, restarts=MAX_FAILURES)
+    callbacks = [recorder, progress]
     status = Status.FAILED
     try:
         with _quiet_ray():
@@ -148,7 +165,7 @@ def _resources(study: Study) -> dict[str, float]:
               "running on CPU (set resources.gpu=0 to silence this)", flush=True)
         gpu = 0
     if cpu > cluster.get("CPU", 0):
-        raise UserError(
+        raise ClusterError(
             f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has {cluster.get('CPU', 0):g}; "
             f"use --set resources.cpu=N with N <= {cluster.get('CPU', 0):g}"
         )
@@ -205,21 +222,72 @@ def _trial_dirname(trial: Trial) -> str:
 # -- around the run -------------------------------------------------------------------------------------
 
 
-def _connect_ray(address: str | None) -> bool:
-    """Use the Ray this process already runs; else join ``address`` or $RAY_ADDRESS; else start a local one.
-
-    Returns whether Ray was started here (and is to be shut down after the study).
-    """
-    if ray.is_initialized():
-        return False
-    target = address or os.environ.get("RAY_ADDRESS", "")
-    if target.startswith("ray://"):
-        raise UserError(
+def _cluster_address(address: str | None) -> str | None:
+    """The cluster to join: ``address``, else $RAY_ADDRESS, else None (a local Ray); Ray Client refused."""
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target and target.startswith("ray://"):
+        raise ClusterError(
             f"address {target!r}: Ray Client addresses are not supported (this process writes the MLflow "
             "records); run `ablate run` on a node of the cluster with --address auto or HOST:PORT"
         )
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    return target
+
+
+def _connect_ray(target: str | None) -> bool:
+    """Use the Ray this process already runs; else join ``target``; else start a local Ray on loopback only.
+
+    A local Ray never joins a cluster that happens to run on the machine (``address="local"``), listens on
+    127.0.0.1 only and keeps Ray's token authentication, without Ray's notice about it. Returns whether
+    Ray was started here (and is to be shut down after).
+    """
+    if ray.is_initialized():
+        return False
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if target is None:
+        notice = logging.getLogger(_AUTH_LOGGER)
+        notice.addFilter(_no_token_notice)
+        try:
+            with _loopback_only():
+                ray.init(address="local", **options)
+        finally:
+            notice.removeFilter(_no_token_notice)
+        return True
+    try:
+        ray.init(address=target, **options)
+    except ConnectionError as err:
+        raise ClusterError(f"address {target!r}: no Ray cluster answered ({err}); start one with `ray start --head` "
+                           "or leave out --address and RAY_ADDRESS for a local Ray") from None
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    cpus = ray.cluster_resources().get("CPU", 0)
+    print(f"joined the Ray cluster at {target}: {len(nodes)} node(s), {cpus:g} CPUs", flush=True)
     return True
+
+
+def _no_token_notice(record: logging.LogRecord) -> bool:
+    """Drops Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out" notice.
+
+    A local Ray keeps token authentication (on by default); the notice asks nothing of the user. Setting
+    RAY_AUTH_MODE=token instead would not do: Ray reads it once, at import.
+    """
+    return "Token authentication is enabled" not in record.getMessage()
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Ray's node IP resolved to 127.0.0.1 while a local Ray starts, so that all its servers bind to loopback.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` is turned back into the machine's address by Ray; Ray's
+    own rule for machines without cluster support (macOS, Windows) is to use loopback, and that rule is
+    what is switched on here, for the start only.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def _set_aside(experiment: Path) -> None:
@@ -239,17 +307,22 @@ def _quiet_ray() -> Iterator[None]:
     ``verbose=0`` is honoured by Tune's legacy output engine (the new one prints its configuration table
     even when silent), selected by ``RAY_AIR_NEW_OUTPUT=0``; Tune's warning about frequent experiment
     snapshots (forced by ``num_to_keep`` at every checkpoint of short trials) is off; Tune's INFO lines and
-    Optuna's per-trial lines go below WARNING. Everything is put back afterwards.
+    Optuna's per-trial lines go below WARNING; a failed trial's traceback is not printed (the Progress line
+    says what happened; the error goes to the trial's error file and MLflow); Tune's own "Tuner.restore(...)"
+    hint after a Ctrl-C is dropped (the summary says how to continue). Everything is put back afterwards.
     """
     saved_env = {key: os.environ.get(key) for key in _QUIET_ENV}
     tune_logger = logging.getLogger("ray.tune")
     tune_level, optuna_level = tune_logger.level, optuna.logging.get_verbosity()
+    restore_hint = logging.getLogger("ray.tune.tune")
     os.environ.update(_QUIET_ENV)
     tune_logger.setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    restore_hint.addFilter(_no_restore_hint)
     try:
         yield
     finally:
+        restore_hint.removeFilter(_no_restore_hint)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -257,6 +330,11 @@ def _quiet_ray() -> Iterator[None]:
                 os.environ[key] = value
         tune_logger.setLevel(tune_level)
         optuna.logging.set_verbosity(optuna_level)
+
+
+def _no_restore_hint(record: logging.LogRecord) -> bool:
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" warning."""
+    return "Tuner.restore(" not in record.getMessage()
 
 
 def _summary(study: Study, recorder: Recorder, status: str, writer: StudyWriter) -> int:

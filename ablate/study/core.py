@@ -215,10 +215,14 @@ def distinct_labels(configs: list[TrainConfig]) -> list[str]:
     """Model names, plus ``key=value`` for the keys that differ among configs sharing a name."""
     names = [config.model.name for config in configs]
     flats = [flatten(config.model_dump(exclude={"seed"})) for config in configs]
+    # a key differs among the configs of one name as soon as it takes two values (one pass, not pairwise)
+    values: dict[str, dict[str, set[str]]] = {}
+    for name, flat in zip(names, flats):
+        for key, value in flat.items():
+            values.setdefault(name, {}).setdefault(key, set()).add(repr(value))
     labels = []
     for name, flat in zip(names, flats):
-        twins = [other for other, other_name in zip(flats, names) if other_name == name]
-        differing = [key for key in flat if any(other[key] != flat[key] for other in twins)]
+        differing = [key for key in flat if len(values[name][key]) > 1]
         labels.append(" ".join([name, *(f"{_short(key)}={format_value(flat[key])}" for key in differing)]))
     return labels
 

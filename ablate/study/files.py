@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import yaml
 from ablate.paths import project_root
 from ablate.study.schema import Origin, StudyError
 
-__all__ = ["apply_overrides", "display_path", "parse_override", "read_yaml", "resolve_space"]
+__all__ = ["MAX_FILE_BYTES", "apply_overrides", "display_path", "parse_override", "read_yaml", "resolve_space"]
+
+MAX_FILE_BYTES = 1_000_000  # a study or space file larger than this is refused unread (real ones are a few kB)
 
 
 class _Loader(yaml.SafeLoader):
@@ -72,9 +75,16 @@ def display_path(path: Path) -> str:
 
 
 def read_yaml(path: Path, source: str) -> dict[str, Any]:
-    """The mapping a YAML file holds; StudyError for a missing file, malformed YAML or another top level."""
+    """The mapping a YAML file holds; StudyError for a missing, special or oversized file, malformed YAML or
+    another top level. Only a regular file of at most :data:`MAX_FILE_BYTES` is read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(path.stat().st_mode):  # before opening: a FIFO would block, /dev/zero never end
+            raise StudyError(f"{source}: not a regular file; a study is a YAML file")
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise StudyError(f"{source}: larger than {MAX_FILE_BYTES:,} bytes; a study file is a few kB of YAML")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise StudyError(f"{source}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -9,6 +9,7 @@ expand a grid (every config validated; empty after constraints; within the budge
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -37,6 +38,7 @@ from ablate.study.schema import (
 __all__ = ["load_study"]
 
 SECTIONS = ("model", "data", "trainer")
+MAX_GRID_TRIALS = 10_000  # a grid is expanded at load: its points x seeds (before constraints) are capped here
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
@@ -60,6 +62,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
         spec = StudyFile.model_validate(doc)
     except ValidationError as err:
         raise format_errors(err, origin, root=StudyFile) from None
+    _check_size(spec, written, origin)
     base = TrainConfig(model=spec.model, data=spec.data, trainer=spec.trainer)
     fixed = set(flatten({section: doc.get(section) or {} for section in SECTIONS}))
     axes = tuple(_axis(key, domain, base, fixed, written[key], origin) for key, domain in spec.space.items())
@@ -91,7 +94,11 @@ def _axis(key: str, domain: Any, base: TrainConfig, fixed: set[str], written: tu
         if not domain:
             fail(where, "an axis needs at least one value")
         values = tuple(_normalise(base, key, value, f"{file}: {where}[{i}]") for i, value in enumerate(domain))
-        repeated = [repr(v) for i, v in enumerate(values) if v in values[:i]]
+        seen, repeated = set(), []  # a set, not pairwise comparisons: an axis may hold thousands of values
+        for value in values:
+            if _frozen(value) in seen:
+                repeated.append(repr(value))
+            seen.add(_frozen(value))
         if repeated:
             fail(where, f"each value may appear once; repeated: {', '.join(repeated)}")
         axis = Axis(key, values=values)
@@ -146,6 +153,15 @@ def _check_overlaps(axes: tuple[Axis, ...], written: dict[str, tuple[str, str]],
                 shown = other.key if other_file == file else f"{other.key} ({other_file})"
                 problem = f"overlaps the axis {shown}; an axis may not set a key inside another"
                 raise _error(origin, file, where, problem)
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a normalised axis value (lists and dicts inside), equal where the values are."""
+    if isinstance(value, dict):
+        return frozenset((key, _frozen(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 def _leaves(axis: Axis) -> set[str]:
@@ -233,6 +249,28 @@ def _check_image_sizes(study: Study, origin: Origin) -> None:
                               f"({model.stem} stem, {len(model.stage_units)} stages), but {trial.config.data.name} "
                               f"has {size}; use stem cifar (3x3, stride 1) or fewer stages"
             )
+
+
+def _check_size(spec: StudyFile, written: dict[str, tuple[str, str]], origin: Origin) -> None:
+    """Before any value is checked or any point built: no axis, and no grid, beyond :data:`MAX_GRID_TRIALS`.
+
+    The grid is counted as the product of its axes' lengths times the seeds, so a space of millions of
+    points is refused in microseconds instead of being expanded first.
+    """
+    for key, domain in spec.space.items():
+        if isinstance(domain, list) and len(domain) > MAX_GRID_TRIALS:
+            file, where = written[key]
+            raise _error(origin, file, where, f"{len(domain):,} values; an axis has at most {MAX_GRID_TRIALS:,}")
+    if spec.search.method != "grid":
+        return
+    points = math.prod(len(domain) for domain in spec.space.values() if isinstance(domain, list))
+    trials = points * len(spec.seeds)
+    if trials > MAX_GRID_TRIALS:
+        raise origin.error(
+            "space", f"the grid has {points:,} points x {len(spec.seeds)} seed(s) = {trials:,} trials before "
+                     f"constraints; at most {MAX_GRID_TRIALS:,} are expanded: narrow the axes or the seeds, or "
+                     "sample the space (search.method: tpe or random, with search.num_samples)"
+        )
 
 
 def _check_budget(study: Study, origin: Origin) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import difflib
 import typing
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ablate.config import ConfigError, DataConfig, ModelSpec, TrainerConfig, format_validation_error
+from ablate.config import ConfigError, DataConfig, ModelSpec, TrainerConfig, format_validation_error, short_repr
 from ablate.metrics import EVAL_METRICS
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 Method = Literal["grid", "tpe", "random"]
+MAX_QUESTION_CHARS = 2000  # a question is a sentence or a paragraph; it is recorded as an MLflow tag
 SAMPLED_METHODS = ("tpe", "random")
 
 
@@ -116,8 +118,8 @@ class EarlyStopping(_Strict):
 class StudyFile(_Strict):
     """A study file as written, after includes and overrides; ``space`` is checked by :mod:`ablate.study.core`."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # MLflow experiment name; letters, digits, _ . -
-    question: str = Field(min_length=1)  # the question the study answers
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # MLflow experiment: letters, digits, _.-
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)  # the question the study answers
     data: DataConfig = DataConfig()  # fixed DataConfig fields
     model: ModelSpec = ModelSpec()  # fixed ModelSpec fields
     trainer: TrainerConfig = TrainerConfig()  # fixed TrainerConfig fields
@@ -133,7 +135,7 @@ class StudyFile(_Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        repeated = sorted(seed for seed, count in Counter(seeds).items() if count > 1)
         if repeated:
             raise ValueError(f"each seed may appear once; repeated: {repeated}")
         return seeds
@@ -153,7 +155,7 @@ class Origin:
         """The file, plus the override that set ``where`` (or a key above or below it), if one did."""
         for path, text in self.overrides:
             if path == where or where.startswith(path + ".") or path.startswith(where + "."):
-                return f"{self.file} (override {text!r})"
+                return f"{self.file} (override {short_repr(text)})"
         return self.file
 
     def error(self, where: str, problem: str) -> StudyError:

@@ -38,6 +38,7 @@ TAG_QUESTION = "ablate.question"  # parent: the study's question
 TAG_METRIC = "ablate.metric"  # parent: the metric the study reports, e.g. "test_error"
 TAG_MODE = "ablate.mode"  # parent: "min" | "max"
 TAG_PARENT = "mlflow.parentRunId"  # set by MLflow for nested runs
+TAG_DRIVER = "ablate.driver"  # parent and child: "host:pid:start" of the process that last opened the run
 
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"

@@ -42,6 +42,7 @@ from mlflow.exceptions import MlflowException
 from ablate.errors import UserError
 from ablate.metrics import ERROR_METRICS, Status
 from ablate.tracking import layout
+from ablate.tracking.store import close_abandoned_runs, open_store
 
 __all__ = [
     "History",
@@ -160,14 +161,18 @@ def list_studies(tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """One row per recorded study: ``name``, ``parent_runs``, ``trials`` (count by status), ``last_start``, ``status``.
 
     ``trials`` counts the latest run per (group, seed), as the report does; ``last_start`` is the
-    start of the latest invocation (a timezone-aware ``datetime``); rows are sorted by name.
+    start of the latest invocation (a timezone-aware ``datetime``); rows are sorted by name. Runs left
+    RUNNING by a driver that died are closed first, as interrupted
+    (:func:`~ablate.tracking.store.close_abandoned_runs`).
     """
     uri = tracking_uri or layout.default_tracking_uri()
     if _missing_sqlite_file(uri):
         return []
-    client = MlflowClient(uri)
+    client = open_store(uri)
     rows = []
     for experiment, parents in _study_experiments(client):
+        if close_abandoned_runs(client, experiment.experiment_id):
+            parents = _search(client, experiment.experiment_id, layout.ROLE_STUDY)
         trial_runs = _search(client, experiment.experiment_id, layout.ROLE_TRIAL)
         kept, _ = _latest_per_replicate(trial_runs)
         latest = max(parents, key=lambda run: run.info.start_time)
@@ -192,7 +197,7 @@ def load_study_records(name: str, tracking_uri: str | None = None) -> StudyRecor
             f"no study named {name!r}: there is no tracking store at {missing} ({uri}); "
             "name the store that holds it with --tracking-uri or MLFLOW_TRACKING_URI"
         )
-    client = MlflowClient(uri)
+    client = open_store(uri)
     experiment = client.get_experiment_by_name(name)
     parent_runs = []
     if experiment is not None and experiment.lifecycle_stage == "active":

@@ -38,6 +38,7 @@ from ablate.config import TrainConfig, flatten
 from ablate.metrics import EVAL_METRICS, GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
 from ablate.paths import project_root
 from ablate.tracking import layout
+from ablate.tracking.store import close_abandoned_runs, driver_id, open_store
 
 __all__ = ["MLFLOW_STATUS", "RECORDED_OTHERWISE", "StudyWriter", "reported_metrics"]
 
@@ -84,22 +85,28 @@ class StudyWriter:
 
     def __init__(self, tracking_uri: str | None = None):
         self.tracking_uri = tracking_uri or layout.default_tracking_uri()
-        self.client = MlflowClient(self.tracking_uri)
+        self.client: MlflowClient = open_store(self.tracking_uri)  # TrackingError when it cannot be used
         self.study: str | None = None
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self._open: dict[str, str] = {}  # trial id -> child run id, for runs opened here and not ended
         self._last_step: dict[str, int] = {}  # trial id -> last step logged
         self._provenance: dict[str, str] | None = None
+        self.abandoned: list[str] = []  # parent runs of earlier invocations, left RUNNING by a dead driver, closed
 
     # -- the study ------------------------------------------------------------------------------------
 
     def start_study(
         self, name: str, *, question: str, metric: str, mode: str, study_yaml: str, overrides: Mapping[str, Any]
     ) -> str:
-        """Open the parent run of this invocation; returns its run id."""
+        """Open the parent run of this invocation; returns its run id.
+
+        Runs that an earlier invocation left RUNNING when its driver died are closed first (see
+        :func:`~ablate.tracking.store.close_abandoned_runs`); their ids are kept in ``abandoned``.
+        """
         self.study = name
         self.experiment_id = self._experiment(name)
+        self.abandoned = close_abandoned_runs(self.client, self.experiment_id)
         tags = {
             layout.TAG_STUDY: name,
             layout.TAG_ROLE: layout.ROLE_STUDY,
@@ -107,6 +114,7 @@ class StudyWriter:
             layout.TAG_QUESTION: question,
             layout.TAG_METRIC: metric,
             layout.TAG_MODE: mode,
+            layout.TAG_DRIVER: driver_id(),
         }
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}")
         self.parent_id = run.info.run_id
@@ -145,6 +153,7 @@ class StudyWriter:
         else:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, layout.TAG_STATUS, Status.RUNNING)
+            self.client.set_tag(run_id, layout.TAG_DRIVER, driver_id())
             self._last_step[trial_id] = self._logged_up_to(run_id)
         self._open[trial_id] = run_id
         return run_id
@@ -224,6 +233,7 @@ class StudyWriter:
             layout.TAG_LABEL: label,
             layout.TAG_TRIAL: trial_id,
             layout.TAG_PARENT: self.parent_id,
+            layout.TAG_DRIVER: driver_id(),
             **self._provenance_tags(),
         }
         run_id = self.client.create_run(
