@@ -44,7 +44,8 @@ def test_reference_data_sets_are_the_catalogs():
     assert documented == declared
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md", "docs/REFERENCE.md", "docs/BENCHMARKS.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md", "docs/REFERENCE.md", "docs/BENCHMARKS.md",
+                                 "docs/RELIABILITY.md"])
 def test_files_the_docs_name_exist(doc):
     named = set(re.findall(r"`((?:ablate|tests|docs|studies|scripts)/[\w./-]+\.(?:py|md|yaml|sh))`", (ROOT / doc).read_text()))
     assert named, doc

@@ -32,6 +32,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from ablate.errors import UserError
+from ablate.metrics import Status
 from ablate.tracking import layout
 
 __all__ = ["PROBE_RETRIES", "PROBE_TIMEOUT_S", "TrackingError", "close_abandoned_runs", "driver_id", "open_store"]
@@ -170,8 +171,8 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             driver = run.data.tags.get(layout.TAG_DRIVER)
             if driver is None or not gone.setdefault(driver, driver_gone(driver)):
                 continue
-            client.set_tag(run.info.run_id, layout.TAG_STATUS, "interrupted")
-            client.set_terminated(run.info.run_id, MLFLOW_STATUS["interrupted"])
+            client.set_tag(run.info.run_id, layout.TAG_STATUS, Status.INTERRUPTED)
+            client.set_terminated(run.info.run_id, MLFLOW_STATUS[Status.INTERRUPTED])
             if run.data.tags.get(layout.TAG_ROLE) == layout.ROLE_STUDY:
                 closed.append(run.info.run_id)
         token = page.token
