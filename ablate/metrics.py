@@ -47,7 +47,7 @@ EVAL_METRICS = (
     "wall_time",  # seconds since the start of training
 )
 ERROR_METRICS = ("train_error", "val_error", "test_error")  # the error fractions: curves, means, diagnoses
-GRAD_NORM_PREFIX = "grad_norm/"  # grad_norm/stem, grad_norm/stage1..3, grad_norm/head
+GRAD_NORM_PREFIX = "grad_norm/"  # grad_norm/stem, grad_norm/stage1..K (3 CIFAR, 4 ImageNet), grad_norm/head
 
 
 class Status:
