@@ -37,9 +37,7 @@ __all__ = [
 
 SUMMARY_METRICS = ("train_error", "val_error", "test_error")  # fractions in [0, 1]
 EXCLUDED_STATUSES = ("diverged", "stopped", "failed")  # counted and listed, never averaged
-DERIVED_PARAMS = frozenset(
-    {"seed", layout.PARAM_MODEL_NAME, layout.PARAM_MODEL_DEPTH, layout.PARAM_MODEL_PARAMS, layout.PARAM_MODEL_MACS}
-)
+DERIVED_PARAMS = frozenset({"seed", *layout.ADDED_PARAMS})  # follow from the config, or name a replicate
 SHORTCUT_ORDER = ("none", "A", "B", "C")  # plain first, then the paper's options (sec. 3.3)
 
 
@@ -89,7 +87,7 @@ class ConfigSummary:
 
     @property
     def depth(self) -> int | None:
-        depth = self.params.get(layout.PARAM_MODEL_DEPTH)
+        depth = self.params.get(layout.PARAM_DEPTH)
         return depth if isinstance(depth, int) else None
 
     def count(self, status: str) -> int:

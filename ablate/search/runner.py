@@ -99,7 +99,9 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
     writer.start_study(
         study.name, question=study.question, metric=study.metric.name, mode=study.metric.mode,
         study_yaml=study.resolved_yaml(), overrides=dict(item.partition("=")[::2] for item in study.overrides),
+        outline=_outline(study), compared=[axis.key for axis in study.axes], source=str(study.origin.file),
     )
+    print(writer.where_to_look(), flush=True)
     recorder = Recorder(writer, expected=study.num_trials)
     callbacks = [recorder, Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials)]
     status = "failed"
@@ -115,6 +117,17 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
     finally:
         writer.end_study(status)
     return _summary(study, recorder, status, writer)
+
+
+def _outline(study: Study) -> dict[str, str]:
+    """The parent run's params: the study file, method, seeds, trial count and each axis's domain."""
+    return {
+        "study.file": str(study.origin.file),
+        "search.method": study.search.method,
+        "seeds": ", ".join(map(str, study.seeds)),
+        "trials": str(study.num_trials),
+        **{f"space.{axis.key}": axis.describe() for axis in study.axes},
+    }
 
 
 # -- the Tuner ----------------------------------------------------------------------------------------
@@ -263,6 +276,7 @@ def _summary(study: Study, recorder: Recorder, status: str, writer: StudyWriter)
     before = f", {recorder.done_before} ended in earlier runs" if recorder.done_before else ""
     print(f"study {study.name}: {status}; trials of this run: {ended}{before} (of {study.num_trials})")
     print(f"records: MLflow experiment {study.name!r} at {writer.tracking_uri}")
+    print(writer.where_to_look())
     if status == "interrupted":
         sets = "".join(f" --set {item}" for item in study.overrides)
         print(f"continue with: ablate run {study.origin.file}{sets} --resume")
