@@ -77,6 +77,7 @@ class FakeTrial:
     responses: tuple[float, ...] | None = (1.0, 0.8, 0.6)  # layer_responses.json std; None: no artifact
     overrides: tuple[tuple[str, Any], ...] = ()  # further config fields, e.g. (("trainer.warmup.policy", "paper"),)
     legacy: bool = False  # the layout before 2026-11: every field as a param ("None" too), model.depth, final/<metric>
+    name: str = ""  # group and label; default: the model's name (a sampled point needs its own)
 
     @property
     def config(self) -> TrainConfig:
@@ -86,7 +87,7 @@ class FakeTrial:
 
     @property
     def group(self) -> str:
-        return self.config.model.name
+        return self.name or self.config.model.name
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def _log_trial(
         layout.TAG_ROLE: layout.ROLE_TRIAL,
         layout.TAG_STATUS: trial.status,
         layout.TAG_GROUP: trial.group,
-        layout.TAG_LABEL: config.model.name,
+        layout.TAG_LABEL: trial.group,
         layout.TAG_TRIAL: f"trial_{start}",
         layout.TAG_PARENT: parent_id,
     }

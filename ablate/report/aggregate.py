@@ -31,6 +31,7 @@ __all__ = [
     "differing_keys",
     "mean_curve",
     "mean_responses",
+    "metric_words",
     "partition",
     "summarize",
 ]
@@ -39,6 +40,14 @@ SUMMARY_METRICS = ("train_error", "val_error", "test_error")  # fractions in [0,
 EXCLUDED_STATUSES = ("diverged", "stopped", "failed")  # counted and listed, never averaged
 DERIVED_PARAMS = frozenset({"seed", *layout.ADDED_PARAMS})  # follow from the config, or name a replicate
 SHORTCUT_ORDER = ("none", "A", "B", "C")  # plain first, then the paper's options (sec. 3.3)
+
+
+_WORDS = {"train_error": "training error", "val_error": "validation error"}
+
+
+def metric_words(metric: str) -> str:
+    """A metric's name in a sentence: ``train_error`` -> ``training error``, ``test_error`` -> ``test error``."""
+    return _WORDS.get(metric, metric.replace("_", " "))
 
 
 def _in_means(trial: TrialRecord) -> bool:
