@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="the study's name (see 'ablate studies')")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
     p.add_argument("--out", default="reports", help="output folder; the report goes to OUT/STUDY/")
+    p.add_argument("--json", action="store_true", help="print the answer and the findings as JSON for scripts")
     p.set_defaults(handler=_report)
 
     p = sub.add_parser("bench", help="training throughput and memory against the conventional pipeline")
@@ -215,6 +216,9 @@ def _report(args) -> int:
     from ablate.report import make_report
 
     result = make_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out)
+    if args.json:
+        print(json.dumps(result.data, indent=2))
+        return 0
     print(result.summary)
     print(f"\nreport written to {result.path}")
     return 0
