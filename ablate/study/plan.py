@@ -13,7 +13,15 @@ from ablate.config import DataConfig, TrainConfig
 from ablate.console import text_table
 from ablate.study.core import Study, format_value
 
-__all__ = ["DataShape", "data_shape", "format_plan", "plan_rows", "train_iterations", "training_images"]
+__all__ = [
+    "DataShape",
+    "data_shape",
+    "eval_images",
+    "format_plan",
+    "plan_rows",
+    "train_iterations",
+    "training_images",
+]
 
 
 class DataShape(NamedTuple):
@@ -23,6 +31,7 @@ class DataShape(NamedTuple):
     num_classes: int
     image_size: int  # height of the (square) images
     train_images: int  # the training set before the validation split
+    test_images: int = 10_000  # the test set
 
 
 _NOMINAL = {
@@ -36,7 +45,7 @@ def data_shape(data: DataConfig) -> DataShape:
     """The data set's nominal shape; synthetic data from its ``synthetic_*`` fields."""
     if data.name == "synthetic":
         channels, height, _width = data.synthetic_shape
-        return DataShape(channels, data.synthetic_classes, height, data.synthetic_train)
+        return DataShape(channels, data.synthetic_classes, height, data.synthetic_train, data.synthetic_test)
     return _NOMINAL[data.name]
 
 
@@ -44,6 +53,12 @@ def training_images(data: DataConfig) -> int:
     """Images one epoch trains on: the training set less ``val_size``, capped at ``train_size``."""
     remaining = data_shape(data).train_images - data.val_size
     return min(remaining, data.train_size) if data.train_size else remaining
+
+
+def eval_images(data: DataConfig) -> int:
+    """Images one evaluation passes forward: the validation split and the test set (capped at ``test_size``)."""
+    test = data_shape(data).test_images
+    return data.val_size + (min(test, data.test_size) if data.test_size else test)
 
 
 def train_iterations(config: TrainConfig) -> int:
