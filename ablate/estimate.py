@@ -7,9 +7,11 @@
   every ``trainer.eval_every`` iterations (else every epoch) and one at the end;
 - rate: training FLOP/s of the shared trainer on the device the trials would use (CUDA when the study
   asks for a GPU and there is one, else the CPU), all of it shared by the trials that run at once.
-  Taken from the last ``ablate bench`` on this device, else measured by a short calibration (a few
-  steps of ResNet-20 at batch 64, a few seconds) and kept for next time, both in
-  :data:`rate_file` (``$ABLATE_DATA_DIR`` or ``~/.cache/ablate``, ``throughput.json``).
+  Taken from the last ``ablate bench`` on this device (kept in :func:`rate_file`: ``$ABLATE_DATA_DIR``
+  or ``~/.cache/ablate``, ``throughput.json``), else measured by a short calibration (a few steps of
+  ResNet-20 at batch 64, a few seconds; on a CPU timed in CPU seconds, so a busy machine does not
+  make the study look longer than it is once it has the machine). A calibration is not kept: taken while the machine is busy,
+  it would slow every later estimate; ``ablate bench`` is the deliberate measurement.
 
 It is a rough guide, good to a factor of about two: a small net uses a device less well than
 ResNet-20 does, a big one better, and it leaves out starting Ray and the workers (tens of seconds).
@@ -39,7 +41,7 @@ from ablate.study.plan import data_shape, eval_images, train_iterations, trainin
 __all__ = ["DAY", "Estimate", "Rate", "estimate", "format_duration", "format_estimate", "rate_file", "save_rate"]
 
 DAY = 86_400.0  # seconds; `ablate run` asks for --yes above this
-CALIBRATION = {"model": "resnet20", "batch_size": 64, "warmup_steps": 2, "steps": 4}  # a few seconds on 2 CPU cores
+CALIBRATION = {"model": "resnet20", "batch_size": 64, "warmup_steps": 2, "steps": 6}  # a few seconds on a CPU core
 
 
 @dataclass(frozen=True)
@@ -83,32 +85,45 @@ def _saved_rate(device: str) -> Rate | None:
 
 
 def _calibrate(device: str) -> Rate:
-    """A few timed steps of the shared trainer on ``device`` (``cpu`` | ``cuda``)."""
+    """A few timed steps of the shared trainer on ``device`` (``cpu`` | ``cuda``).
+
+    On a CPU the steps run on one thread, timed in CPU seconds, times the cores torch would use: the
+    rate of the machine when the study has it to itself, whatever else runs during the calibration
+    (wall time, or CPU time of several threads that spin while waiting for each other, would measure
+    the load instead).
+    """
     import torch
 
     from ablate.bench import bench_config, device_name, measure_trainer
     from ablate.models import count_macs
+    from ablate.trainer import train
 
     c = CALIBRATION
     config = bench_config(c["model"], batch_size=c["batch_size"], steps=c["steps"], warmup_steps=c["warmup_steps"],
                           device=device)
-    images_per_s = measure_trainer(config)["images_per_s"]
+    if device == "cuda":
+        images_per_s = measure_trainer(config)["images_per_s"]
+    else:
+        cores = torch.get_num_threads()
+        stamps: list[tuple[int, float]] = []  # (iteration, CPU seconds) at each report: after warm-up, at the end
+        torch.set_num_threads(1)
+        try:
+            train(config, lambda metrics: stamps.append((metrics["iteration"], time.process_time())))
+        finally:
+            torch.set_num_threads(cores)
+        (first, start), (last, end) = stamps[0], stamps[-1]
+        images_per_s = (last - first) * c["batch_size"] / max(end - start, 1e-9) * cores
     flops = 6 * count_macs(config.model) * images_per_s
     return Rate(flops, device_name(torch.device(device)), "calibration", time.strftime("%Y-%m-%d %H:%M"))
 
 
 def device_rate(device: str) -> Rate:
-    """This device's rate: the saved one (``ablate bench`` or an earlier calibration), else calibrated now and saved."""
+    """This device's rate: the one the last ``ablate bench`` saved, else calibrated now."""
     import torch
 
     from ablate.bench import device_name
 
-    saved = _saved_rate(device_name(torch.device(device)))
-    if saved is not None:
-        return saved
-    rate = _calibrate(device)
-    save_rate(rate)
-    return rate
+    return _saved_rate(device_name(torch.device(device))) or _calibrate(device)
 
 
 def trial_flops(config: TrainConfig, macs: int) -> float:

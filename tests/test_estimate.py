@@ -35,13 +35,21 @@ def test_estimate_is_flops_over_the_saved_rate(saved_training_rate):
         "42 s", "2 min 10 s", "3 h 20 min", "3.0 days"]
 
 
-def test_calibration_measures_the_trainer_and_keeps_the_figure(tmp_path, monkeypatch):
+def test_without_a_bench_figure_a_calibration_measures_the_trainer(tmp_path, monkeypatch):
     monkeypatch.setattr(estimate, "rate_file", lambda: tmp_path / "throughput.json")
     monkeypatch.setitem(estimate.CALIBRATION, "steps", 1)
     monkeypatch.setitem(estimate.CALIBRATION, "batch_size", 8)
     rate = estimate.device_rate("cpu")
     assert rate.source == "calibration" and rate.flop_per_s > 1e6
-    assert estimate.device_rate("cpu") == rate  # read back, not measured again
+    assert not (tmp_path / "throughput.json").exists()  # only `ablate bench` keeps a figure
+
+
+def test_bench_keeps_its_figure_for_the_estimates(tmp_path, monkeypatch):
+    from ablate.cli import _save_rate
+
+    monkeypatch.setattr(estimate, "rate_file", lambda: tmp_path / "throughput.json")
+    _save_rate({"images_per_s": 1000.0, "device_name": "cpu, 2 cores"}, "resnet20")
+    assert estimate._saved_rate("cpu, 2 cores").flop_per_s == pytest.approx(6 * 40_551_040 * 1000)
 
 
 def test_plan_prints_the_estimate_and_run_wants_yes_beyond_a_day(tmp_path, capsys):
