@@ -10,8 +10,9 @@
   Taken from the last ``ablate bench`` on this device (kept in :func:`rate_file`: ``$ABLATE_DATA_DIR``
   or ``~/.cache/ablate``, ``throughput.json``), else measured by a short calibration (a few steps of
   ResNet-20 at batch 64, a few seconds; on a CPU timed in CPU seconds, so a busy machine does not
-  make the study look longer than it is once it has the machine). A calibration is not kept: taken while the machine is busy,
-  it would slow every later estimate; ``ablate bench`` is the deliberate measurement.
+  make the study look longer than it is once it has the machine). A calibration is not kept: one
+  taken on a busy machine would skew every later estimate; ``ablate bench`` is the deliberate
+  measurement.
 
 It is a rough guide, good to a factor of about two: a small net uses a device less well than
 ResNet-20 does, a big one better, and it leaves out starting Ray and the workers (tens of seconds).

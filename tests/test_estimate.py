@@ -1,4 +1,4 @@
-"""Estimated wall time of a study here: FLOPs over the measured training rate; `ablate run` asks for --yes above a day."""
+"""Estimated wall time of a study here: FLOPs over the measured training rate; `ablate run` wants --yes above a day."""
 
 from __future__ import annotations
 

@@ -265,13 +265,15 @@ def test_report_reads_as_one_document(quick, store):
     assert f"Tracking store: {store['root'] / 'mlflow.db'}\n" in markdown and "sqlite:" not in markdown
     for sentence in re.split(r"(?<=\.) ", markdown.replace("\n", " ")):
         assert not ("clear" in sentence.lower() and "tentative" in sentence.lower()), sentence
-    assert re.search(r"In MLflow: http://127.0.0.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning", markdown)
+    link = r"In MLflow: http://127.0.0.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning"
+    assert re.search(link, markdown)
 
 
 def test_parent_run_carries_the_question_the_answer_and_the_headline_numbers(quick, store):
     run = MlflowClient(store["uri"]).get_run(quick.logged_to)
     note = run.data.tags["mlflow.note.content"]
-    assert note == f"**Question:** Does a deeper plain net train worse, and do shortcuts help?\n\n**Answer:** {quick.answer}"
+    question = "Does a deeper plain net train worse, and do shortcuts help?"
+    assert note == f"**Question:** {question}\n\n**Answer:** {quick.answer}"
     assert run.data.metrics == pytest.approx({
         "best_mean_train_error": 0.2210,
         "mean_train_error/plain8": 0.2210, "mean_train_error/plain32": 0.2595,

@@ -104,7 +104,7 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     except (MlflowException, OSError) as err:
         where = f"Report: {page} (not logged to run {parent}: {err})"
         logged_to = None
-    summary = terminal_summary(records, summaries, findings, metric=metric, where=where, answer=text)
+    summary = terminal_summary(records, summaries, findings, metric=metric, where=where, answer=text, sweep=sweep)
     data = _data(records, text, findings, metric)
     return Report(folder, summary, files, tuple(findings), logged_to, text, data)
 

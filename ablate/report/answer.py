@@ -134,7 +134,8 @@ def seeds_clause(summaries: Sequence[ConfigSummary], metric: str, findings: Sequ
             return "one seed per configuration: the seed spread is unknown"
         return "one seed per configuration, so the seed spread is unknown and every verdict is tentative"
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    return f"{seeds} seeds per configuration (seed-to-seed std of {metric_words(metric)} up to {100 * max(spreads):.2f} pp)"
+    spread = f"seed-to-seed std of {metric_words(metric)} up to {100 * max(spreads):.2f} pp"
+    return f"{seeds} seeds per configuration ({spread})"
 
 
 def best_summary(summaries: Sequence[ConfigSummary], metric: str, mode: str | None) -> ConfigSummary | None:

@@ -150,7 +150,9 @@ def _results(summaries: Sequence[ConfigSummary], metric: str, mode: str | None) 
     return [Heading("Results"), Table(header, rows), Paragraph(note + (f" {best}" if best else ""))]
 
 
-def _sweep_results(records: StudyRecords, sweep: SweepView, metric: str, mode: str | None) -> list[Block]:
+def _sweep_table(
+    records: StudyRecords, sweep: SweepView, metric: str, mode: str | None
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Every trial of a sampled search, best first: its sampled values, its value (at the stop when stopped)."""
     def order(trial: TrialRecord) -> tuple:
         value = trial_value(trial, metric)
@@ -163,6 +165,11 @@ def _sweep_results(records: StudyRecords, sweep: SweepView, metric: str, mode: s
         ended = trial.status if trial.status != "stopped" else f"stopped at iteration {trial.last_step}"
         cells = [_value_cell(axis.value(trial.params)) for axis in sweep.axes]
         rows.append((*cells, _DASH if value is None else f"{100 * value:.2f}", ended, str(trial.seed)))
+    return header, rows
+
+
+def _sweep_results(records: StudyRecords, sweep: SweepView, metric: str, mode: str | None) -> list[Block]:
+    header, rows = _sweep_table(records, sweep, metric, mode)
     note = (
         "One row per trial, best first. A trial the scheduler stopped early (ASHA) shows its value when it was "
         "stopped: it trained for fewer iterations than the others, so it is not in the best configuration's running."
@@ -309,8 +316,10 @@ def terminal_summary(
     metric: str,
     where: str,
     answer: str,
+    sweep: SweepView | None = None,
 ) -> str:
-    """The terminal's lines: status, the error columns, the answer, the diagnosis, the report's place, the runs."""
+    """The terminal's lines: status, the error columns (a sampled search: its trials, best first), the answer,
+    the diagnosis, the report's place, the runs."""
     lines = [
         f"Study {records.name!r}: {records.status}, {len(records.parents)} invocation(s), "
         + format_counts(Counter(t.status for t in records.trials))
@@ -318,7 +327,10 @@ def terminal_summary(
     ]
     if records.question:
         lines.append(f"Question: {records.question}")
-    if summaries:
+    if sweep is not None:
+        header, rows = _sweep_table(records, sweep, metric, records.mode)
+        lines += ["", text_table(header, rows)]
+    elif summaries:
         header = ("label", "depth", "train err (%)", "test err (%)", "seeds")
         rows = [
             (s.label, str(s.depth or _DASH), *(_cell(s.stats.get(m)) for m in ("train_error", "test_error")), _seeds(s))

@@ -42,7 +42,15 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW
 from ablate.config import TrainConfig, flatten
 from ablate.tracking import layout, ui
 
-__all__ = ["MLFLOW_STATUS", "StudyWriter", "metric_key", "record_answer", "reported_metrics", "run_params", "study_note"]
+__all__ = [
+    "MLFLOW_STATUS",
+    "StudyWriter",
+    "metric_key",
+    "record_answer",
+    "reported_metrics",
+    "run_params",
+    "study_note",
+]
 
 # MLflow's own run status for each ablate.status a run ends with (a diverged or early-stopped trial
 # ran as the study planned; an interrupted one continues on --resume).
@@ -176,7 +184,8 @@ class StudyWriter:
             MLFLOW_RUN_NOTE: study_note(question, study=name),
             **self._provenance_tags(),
         }
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}")
+        run_name = f"{name} {time.strftime('%Y-%m-%d %H:%M')}"
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
         self.parent_id = run.info.run_id
         self.client.log_text(self.parent_id, study_yaml, layout.ARTIFACT_STUDY)
         values = {**(outline or {}), **{f"set.{key}": value for key, value in overrides.items()}}
