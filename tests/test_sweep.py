@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from ablate.report import make_report
 from ablate.report.aggregate import summarize
-from ablate.report.sweep import SweepAxis, rebuilt_study, sampled_axes
+from ablate.report.sweep import SweepAxis, rebuilt_study, sampled_axes, sweep_view
 from ablate.tracking.reader import load_study_records
 
 SWEEP_YAML = {
@@ -84,3 +84,12 @@ def test_sweep_report_shows_stopped_trials_best_configuration_and_importances(sw
     assert report.answer.startswith("Best of 10 sampled configurations: lr=0.1, weight_decay=0.0001, validation error")
     assert "lr matters most" in report.answer
     assert "](curves.png)" not in markdown and "Layer responses" not in markdown  # Fig. 6/7 say nothing of a sweep
+
+
+def test_with_few_finished_configurations_importances_compare_all_at_the_first_rung(sweep):
+    records = load_study_records("sweep", sweep["uri"])
+    summaries = summarize(records, metrics=("val_error",))
+    few = [s for s in summaries if s.count("stopped")] + [s for s in summaries if s.count("finished")][:2]
+    view = sweep_view(few, sampled_axes(records.study), metric="val_error", mode="min")
+    assert view.complete == 2 and view.importance_step == 200  # stopped trials logged 100 and 200, finished 100..400
+    assert set(view.importances) == {"lr", "weight_decay"}

@@ -113,7 +113,8 @@ def _sweep_sentence(sweep: SweepView | None, summaries: list[ConfigSummary], met
     if sweep is None:
         return None
     seeds = seeds_clause(summaries, metric, [])
-    return sweep_answer(sweep.best, sweep.axes, sweep.importances, metric=metric, sampled=len(summaries), seeds=seeds)
+    return sweep_answer(sweep.best, sweep.axes, sweep.importances, metric=metric, sampled=len(summaries), seeds=seeds,
+                        at_step=sweep.importance_step)
 
 
 def _figures(

@@ -30,7 +30,7 @@ from ablate.report.aggregate import (
 )
 from ablate.report.diagnose import AXES, Finding, Tolerance
 from ablate.report.render import Block, Bullets, Heading, Image, Paragraph, Table
-from ablate.report.sweep import SweepView, trial_value
+from ablate.report.sweep import MIN_COMPLETE, SweepView, trial_value
 from ablate.console import text_table
 from ablate.tracking import layout, ui
 from ablate.tracking.reader import PARTIAL_STATUSES, StudyRecords, TrialRecord
@@ -189,16 +189,21 @@ def _sweep(sweep: SweepView, figures: Mapping[str, Path | None], metric: str) ->
         blocks.append(Paragraph(f"Best configuration: {values}: {metric_words(metric)} {stat.percent()} % over "
                                 f"{stat.n} seed(s) ({sweep.complete} configuration(s) finished all their seeds)."))
     if sweep.importances:
+        if sweep.importance_step is None:
+            over = f"over the {sweep.complete} configurations that finished (stopped ones are left out)"
+        else:
+            over = (f"at iteration {sweep.importance_step}, the last evaluation every trial reached (only "
+                    f"{sweep.complete} configuration(s) finished: too few on their own)")
         rows = tuple((name, f"{share:.2f}") for name, share in sweep.importances.items())
         blocks += [
             Table(("hyper-parameter", "importance (fANOVA)"), rows),
             Paragraph(f"Optuna's fANOVA importance evaluator on an Optuna study rebuilt from the records: the share "
-                      f"of the variance of {metric_words(metric)} each hyper-parameter explains, over the "
-                      f"{sweep.complete} configurations that finished (stopped ones are left out). With few "
+                      f"of the variance of {metric_words(metric)} each hyper-parameter explains, {over}. With few "
                       "configurations it is a rough guide."),
         ]
     else:
-        blocks.append(Paragraph("Parameter importances need at least two configurations that finished."))
+        blocks.append(Paragraph(f"Parameter importances need at least {MIN_COMPLETE} configurations with a value "
+                                "at a common iteration."))
     for key, caption in (
         ("sweep", f"{metric_words(metric)} against each sampled hyper-parameter; hollow markers: stopped early "
                   "(value at the stop); star: the best configuration."),

@@ -10,7 +10,9 @@ What it shows, from the records alone:
 - each parameter's importance: Optuna's fANOVA evaluator on an Optuna study rebuilt from the records
   (:func:`rebuilt_study`: one trial per configuration, ``COMPLETE`` with the mean of its finished
   seeds, ``PRUNED`` with its values at the stop for a stopped one, ``FAIL`` for diverged or failed).
-  Optuna computes importances from complete trials only.
+  Optuna computes importances from complete trials only; when fewer than :data:`MIN_COMPLETE`
+  configurations finished (ASHA stops most of them), they are computed at the last evaluation every
+  trial reached (the first rung), where stopped and finished trials compare at equal budget.
 
 The sampled axes come from the recorded study file (``space``: ``{low, high, log}`` ranges and lists).
 """
@@ -39,6 +41,7 @@ __all__ = [
     "plot_sweep",
     "plot_sweep_curves",
     "rebuilt_study",
+    "common_step",
     "sampled_axes",
     "sweep_answer",
     "sweep_view",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 SAMPLED_METHODS = ("tpe", "random")
-MIN_COMPLETE = 2  # configurations with a final value that importances need
+MIN_COMPLETE = 4  # configurations with a value that importances need (fANOVA on fewer is noise)
 _DPI = 110
 
 
@@ -86,8 +89,9 @@ class SweepView:
 
     axes: tuple[SweepAxis, ...]
     best: ConfigSummary | None  # best mean over finished seeds
-    importances: dict[str, float] | None  # axis name -> fANOVA importance; None: too few complete configurations
+    importances: dict[str, float] | None  # axis name -> fANOVA importance; None: too few configurations
     complete: int  # configurations whose seeds all finished
+    importance_step: int | None = None  # importances of the values at this iteration; None: of the final values
 
 
 def sampled_axes(study: Mapping[str, Any] | None) -> list[SweepAxis] | None:
@@ -113,9 +117,17 @@ def trial_value(trial: TrialRecord, metric: str) -> float | None:
 
 
 def rebuilt_study(
-    summaries: Sequence[ConfigSummary], axes: Sequence[SweepAxis], *, metric: str, mode: str | None
+    summaries: Sequence[ConfigSummary],
+    axes: Sequence[SweepAxis],
+    *,
+    metric: str,
+    mode: str | None,
+    at_step: int | None = None,
 ) -> optuna.Study:
-    """An Optuna study with one trial per configuration (see the module docstring for states and values)."""
+    """An Optuna study with one trial per configuration (see the module docstring for states and values).
+
+    ``at_step``: every configuration with a value at that iteration is ``COMPLETE`` with it (mean over seeds).
+    """
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     try:
@@ -127,7 +139,11 @@ def rebuilt_study(
     for summary in summaries:
         params = {axis.name: _optuna_value(axis, axis.value(summary.params)) for axis in axes}
         stat = summary.stats.get(metric)
-        if stat is not None and summary.count("finished") == len(summary.used):
+        if at_step is not None:
+            values = [v for t in summary.trials if (v := _value_at(t, metric, at_step)) is not None]
+            state = {"value": sum(values) / len(values)} if values else {"state": TrialState.FAIL}
+            trial = optuna.trial.create_trial(params=params, distributions=distributions, **state)
+        elif stat is not None and summary.count("finished") == len(summary.used):
             trial = optuna.trial.create_trial(params=params, distributions=distributions, value=stat.mean)
         elif summary.count("stopped"):
             stops = {t.last_step or 0: v for t in summary.trials if (v := trial_value(t, metric)) is not None}
@@ -140,12 +156,28 @@ def rebuilt_study(
     return study
 
 
+def _value_at(trial: TrialRecord, metric: str, step: int) -> float | None:
+    history = trial.history.get(metric)
+    if history is None or step not in history.steps:
+        return None
+    value = history.values[history.steps.index(step)]
+    return value if math.isfinite(value) else None
+
+
+def common_step(trials: Sequence[TrialRecord], metric: str) -> int | None:
+    """The last iteration at which every trial that trained (not failed, not diverged) evaluated ``metric``."""
+    steps = [set(t.history[metric].steps) for t in trials
+             if t.status not in ("failed", "diverged") and metric in t.history]
+    common = set.intersection(*steps) if steps else set()
+    return max(common) if common else None
+
+
 def _optuna_value(axis: SweepAxis, value: Any) -> Any:
     return str(value) if axis.values is not None else value
 
 
 def importances(study: optuna.Study) -> dict[str, float] | None:
-    """fANOVA importances (summing to 1), most important first; None with fewer than two complete trials."""
+    """fANOVA importances (summing to 1), most important first; None with fewer than MIN_COMPLETE complete trials."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(complete) < MIN_COMPLETE:
         return None
@@ -158,14 +190,19 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
 def sweep_view(
     summaries: Sequence[ConfigSummary], axes: Sequence[SweepAxis], *, metric: str, mode: str | None
 ) -> SweepView:
-    """Best configuration and importances of a sampled search."""
+    """Best configuration and importances of a sampled search (at the first rung when too few finished)."""
     study = rebuilt_study(summaries, axes, metric=metric, mode=mode)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     best = None
     if complete:
         index = (max if mode == "max" else min)(complete, key=lambda t: t.value).number
         best = summaries[index]
-    return SweepView(tuple(axes), best, importances(study), len(complete))
+    ranked, step = importances(study), None
+    if ranked is None:
+        step = common_step([t for s in summaries for t in s.trials], metric)
+        if step is not None:
+            ranked = importances(rebuilt_study(summaries, axes, metric=metric, mode=mode, at_step=step))
+    return SweepView(tuple(axes), best, ranked, len(complete), step if ranked else None)
 
 
 # -- the answer -----------------------------------------------------------------------------------
@@ -179,6 +216,7 @@ def sweep_answer(
     metric: str,
     sampled: int,
     seeds: str,
+    at_step: int | None = None,
 ) -> str:
     """"Best of 12 sampled configurations: lr=0.12, weight_decay=3e-05, val error 11.2 % (...); lr matters most
     (fANOVA importance 0.81 of 1)."."""
@@ -189,7 +227,8 @@ def sweep_answer(
     text = f"Best of {sampled} sampled configurations: {values}, {words} {best.stats[metric].percent()} % ({seeds})"
     if ranked:
         top, share = next(iter(ranked.items()))
-        text += f"; {top} matters most (fANOVA importance {share:.2f} of 1)"
+        where = "" if at_step is None else f" at iteration {at_step}"
+        text += f"; {top} matters most (fANOVA importance {share:.2f} of 1{where})"
     return text + "."
 
 
