@@ -28,6 +28,7 @@ from typing import Any
 
 import optuna
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -247,8 +248,8 @@ def plot_sweep(
     points = [(t, v) for t in trials if (v := trial_value(t, metric)) is not None]
     if not points or not axes:
         return None
-    figure = Figure(figsize=(4.6 * len(axes), 3.8))
-    figure.subplots_adjust(left=0.7 / (4.6 * len(axes)) + 0.04, right=0.97, top=0.82, bottom=0.17, wspace=0.3)
+    figure = Figure(figsize=(4.6 * len(axes), 4.0))
+    figure.subplots_adjust(left=0.7 / (4.6 * len(axes)) + 0.04, right=0.97, top=0.78, bottom=0.16, wspace=0.3)
     for ax, axis in zip(figure.subplots(1, len(axes), squeeze=False)[0], axes):
         categories = [str(v) for v in axis.values] if axis.values is not None else None
         finished = [(t, v) for t, v in points if t.status == "finished"]
@@ -264,12 +265,16 @@ def plot_sweep(
                        s=180, color="C3", zorder=3, label="best configuration")
         if axis.log:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         if categories:
             ax.set_xticks(range(len(categories)), categories, rotation=20, fontsize=8)
         ax.set_xlabel(axis.key + (" (log scale)" if axis.log else ""))
         ax.set_ylabel(f"{metric_words(metric)} (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.92), ncols=3, fontsize=8, frameon=False)
     figure.suptitle(f"{metric_words(metric)} against each sampled hyper-parameter (hollow: stopped early, "
                     "at its value when stopped)", fontsize=10)
     figure.savefig(path, dpi=_DPI)
