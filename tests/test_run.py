@@ -131,6 +131,7 @@ def test_writer_tags_the_experiment_for_the_runs_view_and_describes_the_parent(t
     assert tags["mlflow.note.content"] == "Does depth hurt plain nets?"
     view = json.loads(tags["mlflow.sharedViewState.ablate"])
     assert view["orderByKey"] == "metrics.`val_error`" and view["orderByAsc"] is True
+    assert view["chartsSearchFilter"] == "error"
     assert view["selectedColumns"] == [
         "params.`depth`", "params.`shortcut`", "params.`trainer.lr`", "params.`seed`",
         "metrics.`val_error`", "metrics.`train_error`", "metrics.`test_error`", "tags.`ablate.status`",

@@ -10,7 +10,8 @@ writer tags each study's experiment, and ``ablate run`` / ``ablate report`` prin
 - ``mlflow.sharedViewState.ablate``: a saved view of the runs table (MLflow's "share view" record,
   JSON), opened by ``viewStateShareKey=ablate`` in the address: the study's compared keys, seed,
   metrics and status as the table's columns, sorted by the study's metric (a sorted table lists
-  every trial instead of nesting them, collapsed, under their parent run);
+  every trial instead of nesting them, collapsed, under their parent run), and the chart view
+  filtered to the error curves;
 - ``mlflow.experiment.primaryMetric.name`` / ``.greaterIsBetter``: the study's metric;
 - ``mlflow.note.content``: the experiment's description, the study's question.
 
@@ -101,6 +102,7 @@ def experiment_tags(*, question: str, compared: Iterable[str], metric: str, mode
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": mode == "min",
         "selectedColumns": columns(compared, metric=metric),
+        "chartsSearchFilter": "error",  # the chart view opens on the error curves (clear it for lr, grad_norm/*)
     }
     return {
         TAG_KIND: KIND_TRAINING,
