@@ -52,7 +52,15 @@ from ablate.metrics import Status
 from ablate.models import build_model, model_spec
 from ablate.trainer import resolve_device, speed_defaults, train
 
-__all__ = ["BASELINE_WORKERS", "AugmentedImages", "bench_config", "format_bench", "run_bench"]
+__all__ = [
+    "BASELINE_WORKERS",
+    "AugmentedImages",
+    "bench_config",
+    "device_name",
+    "format_bench",
+    "measure_trainer",
+    "run_bench",
+]
 
 BASELINE_WORKERS = 2  # conventional pipeline's DataLoader workers (PyTorch CIFAR-10 tutorial, kuangliu/pytorch-cifar)
 TEST_IMAGES = 64  # the fast side's test set: the trainer evaluates it at every report, outside the timed windows
@@ -174,7 +182,7 @@ def _measure_baseline(config: TrainConfig, warmup_steps: int, steps: int, worker
 # -- the fast pipeline: the shared trainer itself --------------------------------------------------
 
 
-def _measure_fast(config: TrainConfig, barrier=None) -> dict[str, Any]:
+def measure_trainer(config: TrainConfig, barrier=None) -> dict[str, Any]:
     """Run the shared trainer; the first report is the warm-up window, the rest the timed steps.
 
     ``barrier`` (trials sharing a device): every trial waits there at its first report, so their timed
@@ -248,13 +256,13 @@ def run_bench(
     resolved = resolve_device(device)
     load = os.getloadavg()[0]
     eager_config = config.model_copy(update={"trainer": config.trainer.model_copy(update={"compile": False})})
-    eager = _isolated(_measure_fast, eager_config) if compile else None
-    fast = _isolated(_measure_fast, config)
+    eager = _isolated(measure_trainer, eager_config) if compile else None
+    fast = _isolated(measure_trainer, config)
     baseline = _isolated(_measure_baseline, config, warmup_steps, steps, workers)
     result: dict[str, Any] = {
         "model": config.model.name,
         "device": str(resolved),
-        "device_name": _device_name(resolved),
+        "device_name": device_name(resolved),
         "threads": torch.get_num_threads(),
         "load_average": round(load, 2),  # 1-minute load before the run: a busy machine lowers both figures
         "batch_size": batch_size,
@@ -288,7 +296,7 @@ def _concurrent_images_per_s(config: TrainConfig, trials: int) -> float:
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(max_workers=trials, mp_context=context) as pool:
         barrier = manager.Barrier(trials, timeout=BARRIER_TIMEOUT_S)
-        runs = [r.result() for r in [pool.submit(_measure_fast, config, barrier) for _ in range(trials)]]
+        runs = [r.result() for r in [pool.submit(measure_trainer, config, barrier) for _ in range(trials)]]
     start = min(r["timed_span"][0] for r in runs)
     end = max(r["timed_span"][1] for r in runs)
     return sum(r["timed_images"] for r in runs) / (end - start)
@@ -370,7 +378,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:

@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
     p.add_argument("--storage-path", help="where Ray Tune keeps trial state and checkpoints")
+    p.add_argument("--yes", action="store_true", help="start even when the estimated wall time here exceeds a day")
     _add_set(p)
     p.set_defaults(handler=_run)
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="the study's name (see 'ablate studies')")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
     p.add_argument("--out", default="reports", help="output folder; the report goes to OUT/STUDY/")
+    p.add_argument("--json", action="store_true", help="print the answer and the findings as JSON for scripts")
     p.set_defaults(handler=_report)
 
     p = sub.add_parser("bench", help="training throughput and memory against the conventional pipeline")
@@ -216,8 +218,15 @@ def _print_progress(m: dict) -> None:
 def _plan(args) -> int:
     from ablate.study import format_plan, load_study, plan_rows
 
-    rows = plan_rows(load_study(args.study, args.overrides))
-    print(json.dumps(rows, indent=2, default=str) if args.json else format_plan(rows))
+    study = load_study(args.study, args.overrides)
+    rows = plan_rows(study)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from ablate.estimate import estimate, format_estimate
+
+    print(format_plan(rows))
+    print(format_estimate(estimate(study, rows=rows)))
     return 0
 
 
@@ -226,10 +235,25 @@ def _run(args) -> int:
     from ablate.study import load_study
 
     study = load_study(args.study, args.overrides)
+    _check_duration(study, args)
     return run_study(
         study, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
         storage_path=args.storage_path,
     )
+
+
+def _check_duration(study, args) -> None:
+    """Print the estimated wall time here; above a day, refuse to start without --yes."""
+    from ablate.estimate import DAY, estimate, format_duration, format_estimate
+
+    guess = estimate(study)
+    print(format_estimate(guess), flush=True)
+    if guess.seconds > DAY and not args.yes:
+        raise ConfigError(
+            f"{args.study}: estimated at {format_duration(guess.seconds)} of training on this machine; add --yes to "
+            "start it anyway, shorten it (--set trainer.iterations=N, fewer seeds), or run it on a GPU or a Ray "
+            "cluster (--address)"
+        )
 
 
 def _studies(args) -> int:
@@ -243,6 +267,9 @@ def _report(args) -> int:
     from ablate.report import make_report
 
     result = make_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out)
+    if args.json:
+        print(json.dumps(result.data, indent=2))
+        return 0
     print(result.summary)
     print(f"\nreport written to {result.path}")
     return 0
@@ -257,7 +284,19 @@ def _bench(args) -> int:
         workers=args.workers, trials=args.trials,
     )
     print(json.dumps(result) if args.json else format_bench(result))
+    _save_rate(result, args.model)
     return 0
+
+
+def _save_rate(result: dict, model: str) -> None:
+    """Keep the trainer's measured FLOP/s for the estimates of `ablate plan` and `ablate run` on this device."""
+    import time
+
+    from ablate.estimate import Rate, save_rate
+    from ablate.models import count_macs, model_spec
+
+    flops = 6 * count_macs(model_spec(model)) * result["images_per_s"]
+    save_rate(Rate(flops, result["device_name"], "ablate bench", time.strftime("%Y-%m-%d %H:%M")))
 
 
 if __name__ == "__main__":

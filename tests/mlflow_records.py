@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
 from ablate.config import DataConfig, ModelSpec, TrainConfig, flatten, with_overrides
 from ablate.tracking import layout
-from ablate.tracking.writer import MLFLOW_STATUS
+from ablate.tracking.writer import MLFLOW_STATUS, run_params
 
 START = 1_700_000_000_000  # ms; run start times count up from here, so "latest" is well defined
 ITERATIONS_PER_EPOCH = 100
@@ -63,13 +63,15 @@ class FakeTrial:
     shortcut: str = "A"
     block: str = "basic"
     seed: int = 0
-    status: str = "finished"  # running | interrupted | stopped | diverged: half the epochs, no final/; failed: none
+    status: str = "finished"  # running | interrupted | stopped | diverged: half the epochs; failed: none
     train_error: float = 0.10  # final values; the per-epoch curves fall linearly from 0.9 to them
     val_error: float | None = 0.12  # None: no validation split
     test_error: float = 0.12
     epochs: int = 4
     responses: tuple[float, ...] | None = (1.0, 0.8, 0.6)  # layer_responses.json std; None: no artifact
     overrides: tuple[tuple[str, Any], ...] = ()  # further config fields, e.g. (("trainer.warmup.policy", "paper"),)
+    legacy: bool = False  # the layout before 2026-11: every field as a param ("None" too), model.depth, final/<metric>
+    name: str = ""  # group and label; default: the model's name (a sampled point needs its own)
 
     @property
     def config(self) -> TrainConfig:
@@ -79,7 +81,7 @@ class FakeTrial:
 
     @property
     def group(self) -> str:
-        return self.config.model.name
+        return self.name or self.config.model.name
 
 
 @dataclass(frozen=True)
@@ -102,18 +104,19 @@ def _log_trial(
     client: MlflowClient, experiment_id: str, study: str, parent_id: str, trial: FakeTrial, start: int
 ) -> str:
     config = trial.config
-    params = {k: str(v) for k, v in flatten(config).items()}
-    params[layout.PARAM_MODEL_NAME] = config.model.name
-    params[layout.PARAM_MODEL_DEPTH] = str(config.model.depth)
     count = PAPER_PARAMS.get(config.model.n, 10_000 * config.model.n) + PROJECTION_PARAMS.get(trial.shortcut, 0)
-    params[layout.PARAM_MODEL_PARAMS] = str(count)
-    params[layout.PARAM_MODEL_MACS] = str(150 * count)
+    model = {layout.PARAM_MODEL_NAME: config.model.name, layout.PARAM_MODEL_PARAMS: count,
+             layout.PARAM_MODEL_MACS: 150 * count}
+    if trial.legacy:
+        params = {k: str(v) for k, v in {**flatten(config), **model, "model.depth": config.model.depth}.items()}
+    else:
+        params = run_params(config, {**model, layout.PARAM_DEPTH: config.model.depth})
     tags = {
         layout.TAG_STUDY: study,
         layout.TAG_ROLE: layout.ROLE_TRIAL,
         layout.TAG_STATUS: trial.status,
         layout.TAG_GROUP: trial.group,
-        layout.TAG_LABEL: config.model.name,
+        layout.TAG_LABEL: trial.group,
         layout.TAG_TRIAL: f"trial_{start}",
         layout.TAG_PARENT: parent_id,
     }
@@ -128,8 +131,8 @@ def _log_trial(
     for key, final in finals.items():
         for epoch, value in enumerate(_curve(final, trial.epochs)[:logged_epochs]):
             metrics.append(Metric(key, value, start + epoch, (epoch + 1) * ITERATIONS_PER_EPOCH))
-    if trial.status == "finished":
-        metrics += [Metric(layout.FINAL_PREFIX + k, v, start + trial.epochs, 0) for k, v in finals.items()]
+    if trial.status == "finished" and trial.legacy:  # the final values again, at step 0 (where a bug once put them)
+        metrics += [Metric(layout.LEGACY_FINAL_PREFIX + k, v, start + trial.epochs, 0) for k, v in finals.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     if trial.status == "finished" and trial.responses is not None:
         names = [f"layer{i}" for i in range(len(trial.responses))]

@@ -43,13 +43,16 @@ def store(tmp_path_factory):
     # recorded elsewhere: the database came along, its artifact folder did not
     log_study(client, "moved", [Invocation([FakeTrial()], study_yaml=STUDY_YAML)], artifact_root=root / "elsewhere")
     shutil.rmtree(root / "elsewhere")
+    # recorded by an older ablate: final/<metric> copies, model.depth, "None" params
+    old = [FakeTrial(n=3, legacy=True, test_error=0.11), FakeTrial(n=3, seed=1, legacy=True, status="stopped")]
+    log_study(client, "old", [Invocation(old)], artifact_root=root / "artifacts")
     return {"uri": uri, "parents": parents, "root": root}
 
 
 def test_list_studies_counts_latest_trials_by_status(store):
     rows = list_studies(store["uri"])
-    assert [row["name"] for row in rows] == ["live", "moved", "resumed"]
-    live, _, resumed = rows
+    assert [row["name"] for row in rows] == ["live", "moved", "old", "resumed"]
+    live, _, _, resumed = rows
     assert resumed["parent_runs"] == 2
     assert resumed["trials"] == {"finished": 4}  # the interrupted seed-1 run was replaced by the re-run
     assert resumed["status"] == "finished"
@@ -69,7 +72,7 @@ def test_resumed_study_keeps_the_latest_run_per_group_and_seed(store):
     assert replicates_kept == [("plain20", 0), ("plain20", 1), ("resnet20", 0), ("resnet20", 1)]
     rerun = records.trials[3]
     assert rerun.status == "finished"
-    assert rerun.final["test_error"] == pytest.approx(0.09)
+    assert rerun.value("test_error") == pytest.approx(0.09)
     assert rerun.parent_run_id == store["parents"][1]
 
 
@@ -77,10 +80,12 @@ def test_trial_record_holds_parsed_params_metrics_histories_and_responses(store)
     trial = load_study_records("resumed", store["uri"]).trials[0]
     assert trial.group == "plain20" and trial.status == "finished"
     assert trial.params["model.n"] == 3 and trial.params["model.shortcut"] == "none"
-    assert trial.params["model.depth"] == 20 and trial.params["model.params"] == 269_722
+    assert trial.params["depth"] == 20 and trial.params["model.params"] == 269_722
+    assert (trial.params["shortcut"], trial.params["block"], trial.params["warmup"]) == ("none", "basic", "none")
     assert trial.params["trainer.milestones"] == [0.5, 0.75]
-    assert trial.params["data.root"] is None and trial.params["data.augment"] is True
-    assert trial.final == pytest.approx({"train_error": 0.10, "val_error": 0.12, "test_error": 0.13})
+    assert "data.root" not in trial.params and trial.params["data.augment"] is True
+    assert trial.metrics == pytest.approx({"train_error": 0.10, "val_error": 0.12, "test_error": 0.13})
+    assert trial.last_step == 400
     history = trial.history["train_error"]
     assert history.steps == (100, 200, 300, 400)
     assert history.values == pytest.approx((0.9, 0.9 - 0.8 / 3, 0.9 - 1.6 / 3, 0.10))
@@ -94,7 +99,7 @@ def test_running_study_is_partial_and_running_trials_report_latest_values(store)
     assert records.partial and records.status == "running"
     assert records.metric == "val_error"
     running = next(t for t in records.trials if t.status == "running")
-    assert running.final == {}
+    assert running.status == "running" and running.last_step == 300
     assert running.history["test_error"].steps == (100, 200, 300)  # half of 6 epochs
     assert running.value("test_error") == running.history["test_error"].values[-1]
     assert running.layer_responses is None
@@ -106,11 +111,20 @@ def test_records_read_without_their_artifacts(store):
     records = load_study_records("moved", store["uri"])
     assert records.study is None
     (trial,) = records.trials
-    assert trial.layer_responses is None and trial.final["test_error"] == pytest.approx(0.12)
+    assert trial.layer_responses is None and trial.value("test_error") == pytest.approx(0.12)
+
+
+def test_records_of_the_older_layout_read_the_same(store):
+    finished, stopped = load_study_records("old", store["uri"]).trials
+    assert finished.params["depth"] == 20 and "model.depth" not in finished.params
+    assert "data.root" not in finished.params  # logged as "None"
+    assert finished.metrics == pytest.approx({"train_error": 0.10, "val_error": 0.12, "test_error": 0.11})
+    assert (stopped.status, stopped.last_step) == ("stopped", 200)
+    assert stopped.value("test_error") == stopped.history["test_error"].values[-1]  # the value at the stop
 
 
 def test_unknown_study_lists_the_recorded_ones(store):
-    with pytest.raises(UnknownStudyError, match=r"no study named 'nope'.*recorded studies: live, moved, resumed"):
+    with pytest.raises(UnknownStudyError, match=r"no study named 'nope'.*recorded studies: live, moved, old, resumed"):
         load_study_records("nope", store["uri"])
 
 

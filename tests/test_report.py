@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -162,7 +163,7 @@ def test_warmup_policies_are_compared_like_shortcuts():
     findings = {frozenset(f.labels): f for f in diagnose([none, paper, linear], metric="train_error", tolerance=TOLERANCE)}
     assert {f.kind for f in findings.values()} == {"warm-up"} and len(findings) == 3
     clear = findings[frozenset((none.label, paper.label))]
-    assert clear.verdict == "clear difference" and "warm-up paper has clearly lower train error" in clear.text
+    assert clear.verdict == "clear difference" and "warm-up paper has clearly lower training error" in clear.text
     assert findings[frozenset((none.label, linear.label))].verdict == "no clear difference"
 
 
@@ -200,7 +201,7 @@ def test_html_report_is_self_contained(reports):
     page = report.html.read_text()
     sources = re.findall(r'\bsrc="([^"]*)"', page)
     assert len(sources) == 2 and all(src.startswith("data:image/png;base64,") for src in sources)
-    assert "<link" not in page and "http://" not in page and "https://" not in page
+    assert "<link" not in page and not re.search(r'(src|href)="https?:', page)  # nothing to fetch
     assert "<style>" in page and "<table>" in page
 
 
@@ -238,3 +239,79 @@ def test_listing_and_unknown_study(store):
     assert re.search(r"depth\s+finished\s+1\s+19 trials \(18 finished, 1 diverged\)", table)
     with pytest.raises(UnknownStudyError, match="recorded studies: depth, empty, live, shortcuts"):
         make_report("shortcut", tracking_uri=store["uri"], out_dir=store["root"] / "reports")
+
+
+# -- what a researcher reads: the answer, the parent run, the findings for scripts ---------------------
+
+
+QUICK = [  # one seed each, as the quickstart: plain nets degrade at 32 layers, shortcuts fix it
+    FakeTrial(n=1, shortcut="none", train_error=0.2210, test_error=0.200),
+    FakeTrial(n=5, shortcut="none", train_error=0.2595, test_error=0.240),
+    FakeTrial(n=1, train_error=0.2234, test_error=0.204),
+    FakeTrial(n=5, train_error=0.2260, test_error=0.206),
+]
+
+
+@pytest.fixture(scope="module")
+def quick(store):
+    log_study(MlflowClient(store["uri"]), "quick", [Invocation(QUICK)], artifact_root=store["root"] / "artifacts",
+              metric="train_error", question="Does a deeper plain net train worse, and do shortcuts help?")
+    return make_report("quick", tracking_uri=store["uri"], out_dir=store["root"] / "reports")
+
+
+def test_answer_says_yes_or_no_with_the_numbers_and_the_seeds(quick, reports):
+    assert quick.answer == (
+        "Deeper plain nets train worse: yes (plain8 → plain32: training error 22.10 % → 25.95 %, +3.85 pp); "
+        "deeper residual nets train worse: no (resnet8 → resnet32: training error 22.34 % → 22.60 %, +0.26 pp). "
+        "Shortcuts lower training error: yes at 32 layers (plain32 → resnet32: training error 25.95 % → 22.60 %, "
+        "-3.35 pp), no at 8 layers (plain8 → resnet8: training error 22.10 % → 22.34 %, +0.24 pp); one seed per "
+        "configuration, so the seed spread is unknown and every verdict is tentative."
+    )
+    assert "2 to 3 seeds per configuration" in reports["shortcuts"].answer
+    assert "shortcut options differ: yes, in 2 of 4 pairs" in reports["shortcuts"].answer
+
+
+def test_report_reads_as_one_document(quick, store):
+    markdown = (quick.path / "report.md").read_text()
+    headings = re.findall(r"^#+ (.*)$", markdown, flags=re.M)
+    assert len(headings) == len(set(headings))  # one heading per topic
+    assert headings[:4] == ["Study quick", "Answer", "Results", "Depth"]
+    assert markdown.split("## Answer\n\n")[1].startswith(quick.answer)
+    assert markdown.count("Deep Residual Learning for Image Recognition") == 1 and "He et al. 2015" in markdown
+    assert f"Tracking store: {store['root'] / 'mlflow.db'}\n" in markdown and "sqlite:" not in markdown
+    for sentence in re.split(r"(?<=\.) ", markdown.replace("\n", " ")):
+        assert not ("clear" in sentence.lower() and "tentative" in sentence.lower()), sentence
+    link = r"In MLflow: http://127.0.0.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning"
+    assert re.search(link, markdown)
+
+
+def test_parent_run_carries_the_question_the_answer_and_the_headline_numbers(quick, store):
+    run = MlflowClient(store["uri"]).get_run(quick.logged_to)
+    note = run.data.tags["mlflow.note.content"]
+    question = "Does a deeper plain net train worse, and do shortcuts help?"
+    assert note == f"**Question:** {question}\n\n**Answer:** {quick.answer}"
+    assert run.data.metrics == pytest.approx({
+        "best_mean_train_error": 0.2210,
+        "mean_train_error/plain8": 0.2210, "mean_train_error/plain32": 0.2595,
+        "mean_train_error/resnet8": 0.2234, "mean_train_error/resnet32": 0.2260,
+    })
+
+
+def test_report_json_gives_each_comparison_for_scripts(quick, store, capsys):
+    from ablate.cli import main
+
+    out = store["root"] / "json_reports"
+    assert main(["report", "--study", "quick", "--tracking-uri", store["uri"], "--out", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["answer"] == quick.answer and data["metric"] == "train_error"
+    degradation = next(f for f in data["findings"] if f["a"]["label"] == "plain8" and f["b"]["label"] == "plain32")
+    assert degradation == {
+        "kind": "depth", "family": "plain",
+        "a": {"label": "plain8", "depth": 8, "model.n": 1}, "b": {"label": "plain32", "depth": 32, "model.n": 5},
+        "differing_keys": ["model.n"], "metric": "train_error", "difference_pp": pytest.approx(3.85),
+        "pooled_std_pp": None, "seeds": [1, 1], "verdict": "degradation", "tentative": True,
+        "text": degradation["text"],
+    }
+    shortcut = next(f for f in data["findings"] if f["a"]["label"] == "plain32" and f["b"]["label"] == "resnet32")
+    assert (shortcut["differing_keys"], shortcut["a"]["model.shortcut"], shortcut["b"]["model.shortcut"]) == (
+        ["model.shortcut"], "none", "A")

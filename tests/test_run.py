@@ -29,7 +29,7 @@ from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, objective
 from ablate.study import load_study
 from ablate.tracking import layout
-from ablate.tracking.writer import ARTIFACT_ERROR, StudyWriter
+from ablate.tracking.writer import ARTIFACT_ERROR, StudyWriter, run_params
 
 TINY = {
     "data": {"name": "synthetic", "synthetic_shape": [3, 16, 16], "synthetic_train": 320, "synthetic_test": 64,
@@ -105,14 +105,59 @@ def test_writer_reuses_a_trials_child_run_and_ends_open_runs(tmp_path):
     assert MlflowClient(uri).get_run(child).info.status == "RUNNING"
     second.log_metrics("abc_00000", {"iteration": 10, "test_error": 0.5})  # resumed from an older checkpoint
     second.log_metrics("abc_00000", {"iteration": 20, "test_error": 0.25})
-    second.end_trial("abc_00000", "finished", final={"iteration": 20, "test_error": 0.25})
+    second.end_trial("abc_00000", "finished")
     second.end_study("finished")
 
     assert len(runs(uri, "w", layout.ROLE_TRIAL)) == 1
     run = MlflowClient(uri).get_run(child)
     assert (run.info.status, run.data.tags[layout.TAG_STATUS]) == ("FINISHED", "finished")
-    assert run.data.metrics[layout.FINAL_PREFIX + "test_error"] == 0.25
+    assert run.data.metrics == {"test_error": 0.25}  # the final value is the latest one, under one name
     assert steps(uri, run, "test_error") == [10, 20]  # each step once
+
+
+def test_writer_tags_the_experiment_for_the_runs_view_and_describes_the_parent(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    writer = StudyWriter(uri)
+    writer.start_study(
+        "v", question="Does depth hurt plain nets?", metric="val_error", mode="min", study_yaml="name: v\n",
+        overrides={"trainer.lr": 0.05}, outline={"search.method": "grid", "space.model.n": "{1, 5}"},
+        compared=["model.n", "model.shortcut", "trainer.lr"], source="studies/v.yaml",
+    )
+    writer.end_study("finished")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("v")
+    tags = experiment.tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "Does depth hurt plain nets?"
+    view = json.loads(tags["mlflow.sharedViewState.ablate"])
+    assert view["orderByKey"] == "metrics.`val_error`" and view["orderByAsc"] is True
+    assert view["chartsSearchFilter"] == "error"
+    assert view["selectedColumns"] == [
+        "params.`depth`", "params.`shortcut`", "params.`trainer.lr`", "params.`seed`",
+        "metrics.`val_error`", "metrics.`train_error`", "metrics.`test_error`", "tags.`ablate.status`",
+    ]
+    assert writer.where_to_look().startswith(
+        f"runs in MLflow: http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?"
+        "workflowType=machine_learning&viewStateShareKey=ablate"
+    )
+    parent, = runs(uri, "v", layout.ROLE_STUDY)
+    assert parent.data.tags["mlflow.note.content"].startswith("**Question:** Does depth hurt plain nets?")
+    assert "ablate report --study v" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags["mlflow.source.name"] == "studies/v.yaml" and parent.data.tags["mlflow.user"]
+    assert parent.data.params == {"search.method": "grid", "space.model.n": "{1, 5}", "set.trainer.lr": "0.05"}
+    assert client.get_experiment("0").lifecycle_stage == "deleted"  # no empty "Default" in the experiment list
+
+
+def test_trial_params_are_the_ones_that_matter_with_short_columns():
+    config = TrainConfig.model_validate({"data": {"name": "fashion-mnist"}, "model": {"n": 5, "shortcut": "none"},
+                                         "trainer": {"warmup": {"policy": "paper"}}, "seed": 3})
+    params = run_params(config, {layout.PARAM_DEPTH: 32})
+    assert not any(key.startswith("data.synthetic_") for key in params)  # real data
+    assert "None" not in params.values() and "data.root" not in params and "trainer.epochs" not in params
+    assert {k: params[k] for k in ("depth", "block", "shortcut", "warmup", "seed")} == {
+        "depth": "32", "block": "basic", "shortcut": "none", "warmup": "paper", "seed": "3"}
+    synthetic = run_params(TrainConfig.model_validate(TINY), {})
+    assert synthetic["data.synthetic_shape"] == "[3, 16, 16]"
 
 
 def test_objective_is_the_metric_or_the_worst_value():
@@ -170,7 +215,10 @@ def test_grid_study_is_recorded_with_a_diverging_trial_beside_a_concurrent_one(s
     tags = parent.data.tags
     assert parent.info.status == "FINISHED" and tags[layout.TAG_STATUS] == "finished"
     assert (tags[layout.TAG_QUESTION], tags[layout.TAG_METRIC], tags[layout.TAG_MODE]) == (study.question, "test_error", "min")
-    assert parent.data.params == {"trainer.momentum": "0.0", "trainer.weight_decay": "0.0"}
+    assert parent.data.params == {
+        "study.file": str(path), "search.method": "grid", "seeds": "0", "trials": "2",
+        "space.trainer.lr": "{0.05, 1e+20}", "set.trainer.momentum": "0.0", "set.trainer.weight_decay": "0.0",
+    }
     assert yaml.safe_load(artifact(store.uri, parent, layout.ARTIFACT_STUDY, tmp_path))["trainer"]["momentum"] == 0.0
 
     children = runs(store.uri, "grid", layout.ROLE_TRIAL)
@@ -182,8 +230,10 @@ def test_grid_study_is_recorded_with_a_diverging_trial_beside_a_concurrent_one(s
         assert tags[layout.TAG_PARENT] == parent.info.run_id and tags[layout.TAG_ROLE] == layout.ROLE_TRIAL
         assert (tags[layout.TAG_GROUP], tags[layout.TAG_LABEL]) == (trial.group, trial.label)
         assert {f"ablate.version.{name}" for name in ("torch", "ray", "mlflow", "optuna", "ablate")} <= set(tags)
-        assert all(params[key] == str(value) for key, value in flatten(trial.config).items())
-        assert (params[layout.PARAM_MODEL_NAME], params[layout.PARAM_MODEL_DEPTH]) == (trial.config.model.name, "8")
+        assert all(params[key] == str(value) for key, value in flatten(trial.config).items() if value is not None)
+        assert "None" not in params.values() and "data.root" not in params  # unset options are left out
+        assert (params[layout.PARAM_MODEL_NAME], params[layout.PARAM_DEPTH]) == (trial.config.model.name, "8")
+        assert (params["block"], params["shortcut"], params["warmup"], params["seed"]) == ("basic", "A", "none", "0")
         assert params[layout.PARAM_MODEL_PARAMS] == str(count_params(trial.config.model, in_channels=3, num_classes=10))
         assert int(params[layout.PARAM_MODEL_MACS]) > 0
         saved = TrainConfig.model_validate_json(artifact(store.uri, run, layout.ARTIFACT_CONFIG, tmp_path))
@@ -193,13 +243,12 @@ def test_grid_study_is_recorded_with_a_diverging_trial_beside_a_concurrent_one(s
     assert (calm.info.status, calm.data.tags[layout.TAG_STATUS]) == ("FINISHED", "finished")
     for metric in ("train_error", "test_error", "val_error", "lr", "grad_norm/stage1"):
         assert steps(store.uri, calm, metric) == [10, 20]
-    history = MlflowClient(store.uri).get_metric_history(calm.info.run_id, "test_error")
-    assert calm.data.metrics[layout.FINAL_PREFIX + "test_error"] == max(history, key=lambda m: m.step).value
+    assert not any(key.startswith("final/") for run in children for key in run.data.metrics)  # one name per metric
     responses = json.loads(artifact(store.uri, calm, layout.ARTIFACT_RESPONSES, tmp_path))
     assert len(responses["names"]) == len(responses["std"]) == 7  # stem + 2 per unit x 3 stages
 
     assert (wild.info.status, wild.data.tags[layout.TAG_STATUS]) == ("FINISHED", "diverged")
-    assert not math.isfinite(wild.data.metrics[layout.FINAL_PREFIX + "train_loss"])
+    assert not math.isfinite(wild.data.metrics["train_loss"])  # the last report's loss
     assert layout.ARTIFACT_RESPONSES not in {a.path for a in MlflowClient(store.uri).list_artifacts(wild.info.run_id)}
 
     # the two trials ran at once, and the driver alone wrote both

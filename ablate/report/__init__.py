@@ -2,9 +2,11 @@
 
 Operation order of :func:`make_report`: read the study back from the tracking store
 (:func:`ablate.tracking.reader.load_study_records`) -> replicates to mean ± std per configuration
-(:mod:`.aggregate`) -> the diagnosis (:mod:`.diagnose`) -> Fig. 6 / Fig. 7 style PNGs (:mod:`.plots`)
--> ``report.md`` and a self-contained ``report.html`` (:mod:`.document`, :mod:`.render`) in
-``out_dir/NAME/`` -> the folder logged as artifacts ``report/`` of the study's latest parent run.
+(:mod:`.aggregate`) -> the diagnosis (:mod:`.diagnose`) and, for a sampled search, its best
+configuration and importances (:mod:`.sweep`) -> the answer (:mod:`.answer`) -> PNGs: Fig. 6 / Fig. 7
+style (:mod:`.plots`), or the sweep's -> ``report.md`` and a self-contained ``report.html``
+(:mod:`.document`, :mod:`.render`) in ``out_dir/NAME/`` -> onto the study's latest parent run: the folder
+as artifacts ``report/``, the question and answer as its description, the headline numbers as metrics.
 
 Example::
 
@@ -24,19 +26,27 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ablate.errors import UserError
-from ablate.report.aggregate import coupled_keys, summarize
+from ablate.report.aggregate import ConfigSummary, coupled_keys, summarize
+from ablate.report.answer import answer, best_summary, finding_record, seeds_clause
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
 from ablate.report.plots import plot_curves, plot_layer_responses
+from ablate.report.sweep import SweepView, plot_sweep, plot_sweep_curves, sampled_axes, sweep_answer, sweep_view
 from ablate.console import text_table
 from ablate.metrics import ERROR_METRICS
 from ablate.report.render import to_html, to_markdown
-from ablate.tracking import layout
-from ablate.tracking.reader import UnknownStudyError, list_studies, load_study_records
+from ablate.tracking import layout, ui
+from ablate.tracking.reader import StudyRecords, UnknownStudyError, list_studies, load_study_records
+from ablate.tracking.writer import record_answer, study_note
 
 __all__ = ["Report", "ReportError", "UnknownStudyError", "format_studies", "list_studies", "make_report"]
 
-FIGURES = {"curves": "curves.png", "responses": "layer_responses.png"}  # key -> file name in the report folder
+FIGURES = {  # key -> file name in the report folder
+    "curves": "curves.png",
+    "responses": "layer_responses.png",
+    "sweep": "hyperparameters.png",
+    "sweep_curves": "sweep_curves.png",
+}
 
 
 class ReportError(UserError):
@@ -52,6 +62,8 @@ class Report:
     files: tuple[Path, ...]  # report.md, report.html and the PNGs, all inside `path`
     findings: tuple[Finding, ...]
     logged_to: str | None  # the parent run holding the artifacts under report/; None when logging failed
+    answer: str = ""  # the Answer section's sentences
+    data: dict[str, Any] | None = None  # the findings for scripts (`ablate report --json`)
 
     @property
     def html(self) -> Path:
@@ -72,15 +84,17 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     summaries = summarize(records, metrics=(*ERROR_METRICS, metric))
     tolerance = Tolerance()
     findings = diagnose(summaries, metric=metric, tolerance=tolerance, study=records.study)
+    axes = sampled_axes(records.study)
+    sweep = sweep_view(summaries, axes, metric=metric, mode=records.mode) if axes and summaries else None
+    text = answer(summaries, findings, metric=metric, mode=records.mode, tolerance=tolerance,
+                  sweep=_sweep_sentence(sweep, summaries, metric), partial=records.partial)
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in FIGURES.values():  # a figure from an earlier report must not outlive its data
         (folder / name).unlink(missing_ok=True)
-    figures = {
-        "curves": plot_curves(summaries, folder / FIGURES["curves"], coupled=coupled_keys(records.study, "model.n")),
-        "responses": plot_layer_responses(summaries, folder / FIGURES["responses"]),
-    }
-    blocks = document(records, summaries, findings, figures, metric=metric, tolerance=tolerance)
+    figures = _figures(records, summaries, sweep, folder, metric)
+    blocks = document(records, summaries, findings, figures, metric=metric, tolerance=tolerance, answer=text,
+                      sweep=sweep)
     markdown, page = folder / "report.md", folder / "report.html"
     markdown.write_text(to_markdown(blocks), encoding="utf-8")
     page.write_text(to_html(blocks, title=f"Study {study_name}"), encoding="utf-8")
@@ -89,13 +103,66 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     parent = records.latest_parent.run_id
     try:
         MlflowClient(uri).log_artifacts(parent, str(folder), artifact_path=layout.ARTIFACT_REPORT_DIR)
-        where = f"Report: {page} (also logged to run {parent} under {layout.ARTIFACT_REPORT_DIR}/)"
+        record_answer(uri, parent, note=study_note(records.question or "", text),
+                      metrics=_headline(summaries, sweep, metric, records.mode))
+        where = f"Report: {page} (also on run {parent}: its description, metrics and {layout.ARTIFACT_REPORT_DIR}/)"
         logged_to: str | None = parent
     except (MlflowException, OSError) as err:
         where = f"Report: {page} (not logged to run {parent}: {err})"
         logged_to = None
-    summary = terminal_summary(records, summaries, findings, metric=metric, where=where)
-    return Report(folder, summary, files, tuple(findings), logged_to)
+    summary = terminal_summary(records, summaries, findings, metric=metric, where=where, answer=text, sweep=sweep)
+    data = _data(records, text, findings, metric)
+    return Report(folder, summary, files, tuple(findings), logged_to, text, data)
+
+
+def _sweep_sentence(sweep: SweepView | None, summaries: list[ConfigSummary], metric: str) -> str | None:
+    if sweep is None:
+        return None
+    seeds = seeds_clause(summaries, metric, [])
+    return sweep_answer(sweep.best, sweep.axes, sweep.importances, metric=metric, sampled=len(summaries), seeds=seeds,
+                        at_step=sweep.importance_step)
+
+
+def _figures(
+    records: StudyRecords, summaries: list[ConfigSummary], sweep: SweepView | None, folder: Path, metric: str
+) -> dict[str, Path | None]:
+    """The sweep's two figures for a sampled search; else Fig. 6 curves and Fig. 7 responses."""
+    if sweep is not None:
+        best = sweep.best.group if sweep.best else None
+        return {
+            "sweep": plot_sweep(records.trials, sweep.axes, folder / FIGURES["sweep"], metric=metric, best_group=best),
+            "sweep_curves": plot_sweep_curves(records.trials, folder / FIGURES["sweep_curves"], metric=metric,
+                                              best_group=best),
+        }
+    return {
+        "curves": plot_curves(summaries, folder / FIGURES["curves"], coupled=coupled_keys(records.study, "model.n")),
+        "responses": plot_layer_responses(summaries, folder / FIGURES["responses"]),
+    }
+
+
+def _headline(
+    summaries: list[ConfigSummary], sweep: SweepView | None, metric: str, mode: str | None
+) -> dict[str, float]:
+    """The parent run's metrics: the best configuration's mean; for a grid, every configuration's mean."""
+    best = sweep.best if sweep is not None else best_summary(summaries, metric, mode)
+    values = {} if best is None else {layout.BEST_PREFIX + metric: best.stats[metric].mean}
+    if sweep is None:
+        values |= {f"{layout.MEAN_PREFIX}{metric}/{s.label}": s.stats[metric].mean for s in summaries
+                   if metric in s.stats}
+    return values
+
+
+def _data(records: StudyRecords, text: str, findings: list[Finding], metric: str) -> dict[str, Any]:
+    """What ``ablate report --json`` prints."""
+    return {
+        "study": records.name,
+        "question": records.question,
+        "metric": metric,
+        "status": records.status,
+        "answer": text,
+        "runs_url": ui.runs_url(records.experiment_id, records.tracking_uri),
+        "findings": [finding_record(f) for f in findings],
+    }
 
 
 def _report_folder(out_dir: Path, study_name: str) -> Path:

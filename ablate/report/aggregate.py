@@ -32,15 +32,22 @@ __all__ = [
     "differing_keys",
     "mean_curve",
     "mean_responses",
+    "metric_words",
     "partition",
     "summarize",
 ]
 
 EXCLUDED_STATUSES = (Status.DIVERGED, Status.STOPPED, Status.FAILED)  # counted and listed, never averaged
-DERIVED_PARAMS = frozenset(
-    {"seed", layout.PARAM_MODEL_NAME, layout.PARAM_MODEL_DEPTH, layout.PARAM_MODEL_PARAMS, layout.PARAM_MODEL_MACS}
-)
+DERIVED_PARAMS = frozenset({"seed", *layout.ADDED_PARAMS})  # follow from the config, or name a replicate
 SHORTCUT_ORDER = ("none", "A", "B", "C")  # plain first, then the paper's options (sec. 3.3)
+
+
+_WORDS = {"train_error": "training error", "val_error": "validation error"}
+
+
+def metric_words(metric: str) -> str:
+    """A metric's name in a sentence: ``train_error`` -> ``training error``, ``test_error`` -> ``test error``."""
+    return _WORDS.get(metric, metric.replace("_", " "))
 
 
 def _in_means(trial: TrialRecord) -> bool:
@@ -89,7 +96,7 @@ class ConfigSummary:
 
     @property
     def depth(self) -> int | None:
-        depth = self.params.get(layout.PARAM_MODEL_DEPTH)
+        depth = self.params.get(layout.PARAM_DEPTH)
         return depth if isinstance(depth, int) else None
 
     def count(self, status: str) -> int:

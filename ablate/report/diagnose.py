@@ -21,8 +21,9 @@ names them.
 **When a difference is clear** (:class:`Tolerance`): it is at least ``min_points`` percentage points
 *and* at least ``min_spreads`` pooled standard deviations (the seeds' sample std, pooled over both
 configurations). Anything smaller is "no clear difference". With a single seed on both sides the
-spread is unknown: the verdict then rests on the size alone and is marked tentative. Two pooled std
-of a 3-vs-3 comparison is a Welch t of about 2.4: a deliberately cautious bar.
+spread is unknown: the verdict then rests on the size alone and is marked tentative, and its sentence
+never calls the difference clear ("higher", "no difference of 0.5 pp or more"). Two pooled std of a
+3-vs-3 comparison is a Welch t of about 2.4: a deliberately cautious bar.
 
 All metrics compared here are error fractions (``*_error``), written as percentages.
 """
@@ -32,12 +33,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ablate.report.aggregate import ConfigSummary, Stat, comparison_sets, coupled_keys, describe
+from ablate.report.aggregate import (
+    ConfigSummary,
+    Stat,
+    comparison_sets,
+    coupled_keys,
+    describe,
+    differing_keys,
+    metric_words,
+)
 
-__all__ = ["Difference", "Finding", "Tolerance", "comparison_metric", "diagnose"]
+__all__ = ["Difference", "Finding", "Tolerance", "comparison_metric", "diagnose", "same_words"]
 
 DEPTH_VERDICTS = ("degradation", "overfitting", "gain", "no clear difference", "not enough data")
 AXIS_VERDICTS = ("clear difference", "no clear difference", "not enough data")
@@ -109,13 +118,23 @@ class Difference:
 
 @dataclass(frozen=True)
 class Finding:
-    """One sentence of the diagnosis and the verdict it states."""
+    """One sentence of the diagnosis, the verdict it states and the numbers it rests on."""
 
     kind: str  # "depth" | "shortcut" | "block" | "activation" | "warm-up"
     verdict: str  # one of DEPTH_VERDICTS (kind "depth") or AXIS_VERDICTS
     labels: tuple[str, str]  # (reference, compared): (shallower, deeper) for depth pairs
     tentative: bool  # one seed on both sides: the seed-to-seed spread is unknown
     text: str
+    depths: tuple[int | None, int | None] = (None, None)  # weighted layers of (reference, compared)
+    family: str = ""  # what the pair shares that other pairs of its kind do not, e.g. "plain", "shortcut A"
+    differing: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (reference, compared) values
+    metric: str | None = None  # the metric the verdict rests on; None: not enough data
+    differences: dict[str, Difference] = field(default_factory=dict)  # metric -> compared against reference
+
+    @property
+    def difference(self) -> Difference | None:
+        """The difference on :attr:`metric`."""
+        return self.differences.get(self.metric) if self.metric else None
 
 
 def comparison_metric(metric: str | None) -> str:
@@ -147,13 +166,20 @@ def diagnose(
     findings = []
     for axis, kind in AXES:
         coupled = coupled_keys(study, axis)
-        for part in comparison_sets(summaries, axis, coupled=coupled):
+        parts = comparison_sets(summaries, axis, coupled=coupled)
+        apart = differing_keys([part[0] for part in parts], ignore=[axis, *coupled])  # what tells the parts apart
+        if not apart and axis != "model.shortcut":
+            apart = ["model.shortcut"]  # one family: still say whether its nets are plain or residual
+        for part in parts:
+            family = describe(part[0], apart)
             for a, b in itertools.combinations(part, 2):
                 if kind == "depth":
                     finding = _depth_finding(a, b, tolerance, coupled)
                 else:
                     finding = _axis_finding(kind, axis, a, b, metric, tolerance, coupled)
-                findings.append(finding)
+                differing = {key: (a.params.get(key), b.params.get(key)) for key in (axis, *sorted(coupled))
+                             if str(a.params.get(key)) != str(b.params.get(key))}
+                findings.append(replace(finding, family=family, differing=differing, depths=(a.depth, b.depth)))
     return findings
 
 
@@ -161,6 +187,13 @@ _TENTATIVE = (
     " Tentative: one seed per configuration, so the seed-to-seed spread is unknown and this rests on the size of"
     " the differences alone."
 )
+
+
+def same_words(diff: Difference, tolerance: Tolerance) -> str:
+    """How to say that ``diff`` is not a clear difference: never "clear" when the spread is unknown."""
+    if diff.spreads is None:
+        return f"no difference of {tolerance.min_points:g} pp or more"
+    return "no clear difference"
 
 
 def _caveats(a: ConfigSummary, b: ConfigSummary, tentative: bool, coupled: frozenset[str]) -> str:
@@ -197,6 +230,7 @@ def _depth_finding(
         return Finding("depth", "not enough data", labels, False, text)
     train = Difference(*pairs["train_error"])
     test = Difference(*pairs["test_error"])
+    tentative = train.spreads is None
     if train.direction(tolerance) == "higher":
         verdict = "degradation"
     elif test.direction(tolerance) == "higher":
@@ -205,20 +239,24 @@ def _depth_finding(
         verdict = "gain"
     else:
         verdict = "no clear difference"
+    clearly = "" if tentative else "clearly "
     if verdict == "no clear difference":
         trained = train.direction(tolerance)
-        reading = "Test error does not differ clearly" + (
-            ", nor does training error." if trained == "same" else f"; training error is clearly {trained}."
+        said = same_words(test, tolerance)
+        reading = f"Test error: {said}" + (
+            "; nor training error." if trained == "same" else f"; training error is {clearly}{trained}."
         )
     else:
         reading = _DEPTH_READING[verdict]
-    tentative = train.spreads is None
+    said = same_words(train, tolerance) if verdict == "no clear difference" else verdict
     text = (
-        f"{head}: {verdict}. Training error {train.a.percent()} % → {train.b.percent()} % "
+        f"{head}: {said}. Training error {train.a.percent()} % → {train.b.percent()} % "
         f"({train.evidence(tolerance)}); test error {test.a.percent()} % → {test.b.percent()} % "
         f"({test.evidence(tolerance)}). {reading}" + _caveats(shallow, deep, tentative, coupled)
     )
-    return Finding("depth", verdict, labels, tentative, text)
+    decided_by = "train_error" if verdict == "degradation" else "test_error"
+    differences = {"train_error": train, "test_error": test}
+    return Finding("depth", verdict, labels, tentative, text, metric=decided_by, differences=differences)
 
 
 def _axis_finding(
@@ -232,17 +270,18 @@ def _axis_finding(
 ) -> Finding:
     labels = (a.label, b.label)
     name_a, name_b = describe(a, [axis]), describe(b, [axis])
-    head = f"{a.label} → {b.label} ({name_a} → {name_b}, {metric.replace('_', ' ')})"
+    head = f"{a.label} → {b.label} ({name_a} → {name_b}, {metric_words(metric)})"
     stat_a, stat_b = a.stats.get(metric), b.stats.get(metric)
     if stat_a is None or stat_b is None:
         return Finding(kind, "not enough data", labels, False, f"{head}: not enough data (no trial in the means).")
     diff = Difference(stat_a, stat_b)
     direction = diff.direction(tolerance)
+    tentative = diff.spreads is None
     numbers = f"{stat_a.percent()} % → {stat_b.percent()} % ({diff.evidence(tolerance)})"
     if direction == "same":
-        verdict, reading = "no clear difference", "no clear difference."
+        verdict, reading = "no clear difference", f"{same_words(diff, tolerance)}."
     else:
-        verdict, reading = "clear difference", f"{name_b} has clearly {direction} {metric.replace('_', ' ')}."
-    tentative = diff.spreads is None
+        clearly = "" if tentative else "clearly "
+        verdict, reading = "clear difference", f"{name_b} has {clearly}{direction} {metric_words(metric)}."
     text = f"{head}: {numbers}: {reading}" + _caveats(a, b, tentative, coupled)
-    return Finding(kind, verdict, labels, tentative, text)
+    return Finding(kind, verdict, labels, tentative, text, metric=metric, differences={metric: diff})

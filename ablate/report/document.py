@@ -1,9 +1,12 @@
 """What a report says, section by section: the answer first, then the evidence it rests on.
 
-Sections, in order: header (question, metric, status, invocations, trial counts, partial warning)
--> answer (the best configuration and the diagnosis) -> results table in the paper's form ->
-shortcut-option tables (when configurations differ only in ``model.shortcut``) -> Fig. 6 curves ->
-Fig. 7 layer responses -> trials outside the means or still running -> how differences are judged.
+Sections, in order, one heading per topic: header (question, metric, status, invocations, trial
+counts, where the records are, the paper that sections and figures refer to, partial warning) ->
+answer (one or two sentences, :mod:`.answer`) -> results table in the paper's form (a sampled
+search: every trial, with the value at the stop for stopped ones, :mod:`.sweep`) -> depth ->
+shortcut options (findings and the option table per depth) -> block types -> sampled search (best
+configuration, importances, figures) -> Fig. 6 curves -> Fig. 7 layer responses -> trials outside the
+means or still running -> how differences are judged.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ablate.report.answer import best_summary
 from ablate.report.aggregate import (
     EXCLUDED_STATUSES,
     SHORTCUT_ORDER,
@@ -22,17 +26,20 @@ from ablate.report.aggregate import (
     coupled_keys,
     describe,
     differing_keys,
+    metric_words,
 )
 from ablate.report.diagnose import AXES, Finding, Tolerance
 from ablate.report.render import Block, Bullets, Heading, Image, Paragraph, Table
+from ablate.report.sweep import MIN_COMPLETE, SweepView, trial_value
 from ablate.console import text_table
 from ablate.metrics import Status
-from ablate.tracking import layout
+from ablate.tracking import layout, ui
 from ablate.tracking.reader import PARTIAL_STATUSES, StudyRecords, TrialRecord
 
-__all__ = ["document", "format_counts", "terminal_summary"]
+__all__ = ["PAPER", "document", "format_counts", "store_text", "terminal_summary"]
 
 _DASH = "—"
+PAPER = 'He et al. 2015, "Deep Residual Learning for Image Recognition"'  # what "sec." and "Fig." refer to
 
 
 def format_counts(counts: Mapping[str, int]) -> str:
@@ -62,6 +69,12 @@ def _millions(value: object, digits: int) -> str:
     return f"{value / 1e6:.{digits}f}M" if isinstance(value, (int, float)) else _DASH
 
 
+def store_text(tracking_uri: str) -> str:
+    """The tracking store as a reader wants it: the database file of a SQLite store, else the URI."""
+    database = layout.sqlite_path(tracking_uri)
+    return str(database) if database is not None else tracking_uri
+
+
 def _header(records: StudyRecords) -> list[Block]:
     trials = format_counts(Counter(t.status for t in records.trials))
     if records.superseded:
@@ -72,7 +85,9 @@ def _header(records: StudyRecords) -> list[Block]:
         f"Metric: {metric}",
         f"Status: {records.status}; {len(records.parents)} invocation(s), latest run {records.latest_parent.run_id}",
         f"Trials: {trials}",
-        f"Tracking store: {records.tracking_uri}",
+        f"Tracking store: {store_text(records.tracking_uri)}",
+        f"In MLflow: {ui.runs_url(records.experiment_id, records.tracking_uri)}",
+        f"Paper: sections (sec.) and figures (Fig.) cited below are those of {PAPER}.",
     ]
     blocks: list[Block] = [Heading(f"Study {records.name}", 1), Bullets(tuple(facts))]
     if records.partial:
@@ -95,30 +110,30 @@ _KINDS = (  # Finding.kind -> title
 )
 
 
-def _best(summaries: Sequence[ConfigSummary], metric: str) -> str | None:
+def _best(summaries: Sequence[ConfigSummary], metric: str, mode: str | None) -> str | None:
     """``"Lowest test error: resnet56-B, 6.90 ± 0.10 % over 3 seed(s)."``; None when no configuration has it."""
-    ranked = [s for s in summaries if metric in s.stats]
-    if not ranked:
+    best = best_summary(summaries, metric, mode)
+    if best is None:
         return None
-    best = min(ranked, key=lambda s: s.stats[metric].mean)
     stat = best.stats[metric]
     partial = " (partial)" if best.partial else ""
-    return f"Lowest {metric.replace('_', ' ')}: {best.label}{partial}, {stat.percent()} % over {stat.n} seed(s)."
+    which = "Highest" if mode == "max" else "Lowest"
+    return f"{which} {metric_words(metric)}: {best.label}{partial}, {stat.percent()} % over {stat.n} seed(s)."
 
 
-def _answer(summaries: Sequence[ConfigSummary], findings: Sequence[Finding], metric: str) -> list[Block]:
-    best = _best(summaries, metric)
-    blocks: list[Block] = [Heading("Answer")] + ([Paragraph(best)] if best else [])
-    for kind, title in _KINDS:
-        texts = tuple(f.text for f in findings if f.kind == kind)
-        if texts:
-            blocks += [Heading(title, 3), Bullets(texts)]
-    if not findings:
+def _answer(text: str, findings: Sequence[Finding], sweep: SweepView | None) -> list[Block]:
+    blocks: list[Block] = [Heading("Answer"), Paragraph(text)]
+    if not findings and sweep is None:
         blocks.append(Paragraph("No two configurations differ in depth, shortcut or block alone: nothing to diagnose."))
     return blocks
 
 
-def _results(summaries: Sequence[ConfigSummary]) -> list[Block]:
+def _findings(findings: Sequence[Finding], kind: str) -> list[Block]:
+    texts = tuple(f.text for f in findings if f.kind == kind)
+    return [Bullets(texts)] if texts else []
+
+
+def _results(summaries: Sequence[ConfigSummary], metric: str, mode: str | None) -> list[Block]:
     header = ("label", "depth", "params", "MACs", "train err (%)", "val err (%)", "test err (%)", "seeds")
     rows = tuple(
         (
@@ -138,7 +153,72 @@ def _results(summaries: Sequence[ConfigSummary]) -> list[Block]:
         "(early, by the scheduler) and failed trials are counted in the seeds column (+N) but left out of the means; "
         "running and interrupted trials enter with their latest values."
     )
-    return [Heading("Results"), Table(header, rows), Paragraph(note)]
+    best = _best(summaries, metric, mode)
+    return [Heading("Results"), Table(header, rows), Paragraph(note + (f" {best}" if best else ""))]
+
+
+def _sweep_table(
+    records: StudyRecords, sweep: SweepView, metric: str, mode: str | None
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Every trial of a sampled search, best first: its sampled values, its value (at the stop when stopped)."""
+    def order(trial: TrialRecord) -> tuple:
+        value = trial_value(trial, metric)
+        return (value is None, -value if (value is not None and mode == "max") else (value or 0.0))
+
+    header = (*(axis.key for axis in sweep.axes), f"{metric_words(metric)} (%)", "how it ended", "seed")
+    rows = []
+    for trial in sorted(records.trials, key=order):
+        value = trial_value(trial, metric)
+        ended = trial.status if trial.status != "stopped" else f"stopped at iteration {trial.last_step}"
+        cells = [_value_cell(axis.value(trial.params)) for axis in sweep.axes]
+        rows.append((*cells, _DASH if value is None else f"{100 * value:.2f}", ended, str(trial.seed)))
+    return header, rows
+
+
+def _sweep_results(records: StudyRecords, sweep: SweepView, metric: str, mode: str | None) -> list[Block]:
+    header, rows = _sweep_table(records, sweep, metric, mode)
+    note = (
+        "One row per trial, best first. A trial the scheduler stopped early (ASHA) shows its value when it was "
+        "stopped: it trained for fewer iterations than the others, so it is not in the best configuration's running."
+    )
+    return [Heading("Results"), Table(header, tuple(rows)), Paragraph(note)]
+
+
+def _value_cell(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _sweep(sweep: SweepView, figures: Mapping[str, Path | None], metric: str) -> list[Block]:
+    blocks: list[Block] = [Heading("Sampled search")]
+    if sweep.best is not None:
+        stat = sweep.best.stats[metric]
+        values = ", ".join(f"{axis.key} = {_value_cell(axis.value(sweep.best.params))}" for axis in sweep.axes)
+        blocks.append(Paragraph(f"Best configuration: {values}: {metric_words(metric)} {stat.percent()} % over "
+                                f"{stat.n} seed(s) ({sweep.complete} configuration(s) finished all their seeds)."))
+    if sweep.importances:
+        if sweep.importance_step is None:
+            over = f"over the {sweep.complete} configurations that finished (stopped ones are left out)"
+        else:
+            over = (f"at iteration {sweep.importance_step}, the last evaluation every trial reached (only "
+                    f"{sweep.complete} configuration(s) finished: too few on their own)")
+        rows = tuple((name, f"{share:.2f}") for name, share in sweep.importances.items())
+        blocks += [
+            Table(("hyper-parameter", "importance (fANOVA)"), rows),
+            Paragraph(f"Optuna's fANOVA importance evaluator on an Optuna study rebuilt from the records: the share "
+                      f"of the variance of {metric_words(metric)} each hyper-parameter explains, {over}. With few "
+                      "configurations it is a rough guide."),
+        ]
+    else:
+        blocks.append(Paragraph(f"Parameter importances need at least {MIN_COMPLETE} configurations with a value "
+                                "at a common iteration."))
+    for key, caption in (
+        ("sweep", f"{metric_words(metric)} against each sampled hyper-parameter; hollow markers: stopped early "
+                  "(value at the stop); star: the best configuration."),
+        ("sweep_curves", f"{metric_words(metric)} of every trial during training; red: the best configuration."),
+    ):
+        if figures.get(key):
+            blocks.append(Image(figures[key], caption))
+    return blocks
 
 
 def _shortcut_tables(summaries: Sequence[ConfigSummary], metric: str, coupled: frozenset[str]) -> list[Block]:
@@ -148,7 +228,7 @@ def _shortcut_tables(summaries: Sequence[ConfigSummary], metric: str, coupled: f
         return []
     options = [o for o in SHORTCUT_ORDER if any(s.params.get("model.shortcut") == o for part in sets for s in part)]
     context = differing_keys([part[0] for part in sets], ignore=["model.shortcut", "model.n", *coupled])
-    blocks: list[Block] = [Heading("Shortcut options")]
+    blocks: list[Block] = []
     for name in dict.fromkeys((metric, "train_error")):
         rows = []
         for part in sets:
@@ -158,7 +238,7 @@ def _shortcut_tables(summaries: Sequence[ConfigSummary], metric: str, coupled: f
             cells = [_cell(by_option[o].stats.get(name)) if o in by_option else _DASH for o in options]
             rows.append((first, *cells))
         titles = ["plain" if o == "none" else o for o in options]
-        blocks += [Paragraph(f"{name.replace('_', ' ')} (%)"), Table(("depth", *titles), tuple(rows))]
+        blocks += [Paragraph(f"{metric_words(name)} (%)"), Table(("depth", *titles), tuple(rows))]
     return blocks
 
 
@@ -180,8 +260,9 @@ _FIGURE_TEXT = {  # key of `figures` -> (heading, caption, what to say when ther
 def _figures(figures: Mapping[str, Path | None]) -> list[Block]:
     blocks: list[Block] = []
     for key, (title, caption, missing) in _FIGURE_TEXT.items():
-        path = figures.get(key)
-        blocks += [Heading(title), Image(path, caption) if path else Paragraph(missing)]
+        if key in figures:  # not drawn at all for a sampled search
+            path = figures[key]
+            blocks += [Heading(title), Image(path, caption) if path else Paragraph(missing)]
     return blocks
 
 
@@ -198,9 +279,11 @@ def _method(tolerance: Tolerance, study: Mapping[str, Any] | None) -> list[Block
     text = (
         f"A difference counts as clear when it is at least {tolerance.min_points:g} percentage points and at least "
         f"{tolerance.min_spreads:g} pooled seed-to-seed standard deviations; anything smaller is reported as no clear "
-        "difference. With one seed on both sides the spread is unknown and verdicts are marked tentative. Depth "
-        "pairs: degradation = the deeper net's training error is clearly higher; overfitting = its training error is "
-        "as low or lower while its test error is clearly higher; gain = its test error is clearly lower."
+        "difference. With one seed on both sides the spread is unknown: a verdict then rests on the size alone "
+        f"(at least {tolerance.min_points:g} points) and is marked tentative. Depth pairs: degradation = the deeper "
+        "net's training error is higher; overfitting = its training error is as low or lower while its test error "
+        "is higher; gain = its test error is lower. In the answer, \"not clear at this budget\" means a difference "
+        "above the size threshold but within the seed-to-seed noise: more seeds or longer runs would decide it."
     )
     for axis, _ in AXES:
         coupled = coupled_keys(study, axis)
@@ -217,25 +300,38 @@ def document(
     *,
     metric: str,
     tolerance: Tolerance,
+    answer: str,
+    sweep: SweepView | None = None,
 ) -> list[Block]:
-    """The report's blocks; ``figures`` maps ``"curves"`` / ``"responses"`` to a PNG (or None when not drawn)."""
+    """The report's blocks; ``figures`` maps ``"curves"``, ``"responses"`` (grid) or ``"sweep"``,
+    ``"sweep_curves"`` (sampled) to a PNG, or None when there was nothing to draw."""
     if not summaries:
         return _header(records) + [Paragraph("No trial has been recorded yet.")]
-    return (
-        _header(records)
-        + _answer(summaries, findings, metric)
-        + _results(summaries)
-        + _shortcut_tables(summaries, metric, coupled_keys(records.study, "model.shortcut"))
-        + _figures(figures)
-        + _trial_status(records.trials)
-        + _method(tolerance, records.study)
-    )
+    mode = records.mode
+    blocks = _header(records) + _answer(answer, findings, sweep)
+    blocks += _sweep_results(records, sweep, metric, mode) if sweep else _results(summaries, metric, mode)
+    shortcut_tables = _shortcut_tables(summaries, metric, coupled_keys(records.study, "model.shortcut"))
+    for kind, title in _KINDS:
+        body = _findings(findings, kind) + (shortcut_tables if kind == "shortcut" else [])
+        if body:
+            blocks += [Heading(title), *body]
+    if sweep:
+        blocks += _sweep(sweep, figures, metric)
+    return blocks + _figures(figures) + _trial_status(records.trials) + _method(tolerance, records.study)
 
 
 def terminal_summary(
-    records: StudyRecords, summaries: Sequence[ConfigSummary], findings: Sequence[Finding], *, metric: str, where: str
+    records: StudyRecords,
+    summaries: Sequence[ConfigSummary],
+    findings: Sequence[Finding],
+    *,
+    metric: str,
+    where: str,
+    answer: str,
+    sweep: SweepView | None = None,
 ) -> str:
-    """The terminal's lines: status, the error columns, the best configuration, the diagnosis, the report's place."""
+    """The terminal's lines: status, the error columns (a sampled search: its trials, best first), the answer,
+    the diagnosis, the report's place, the runs."""
     lines = [
         f"Study {records.name!r}: {records.status}, {len(records.parents)} invocation(s), "
         + format_counts(Counter(t.status for t in records.trials))
@@ -243,19 +339,20 @@ def terminal_summary(
     ]
     if records.question:
         lines.append(f"Question: {records.question}")
-    if summaries:
+    if sweep is not None:
+        header, rows = _sweep_table(records, sweep, metric, records.mode)
+        lines += ["", text_table(header, rows)]
+    elif summaries:
         header = ("label", "depth", "train err (%)", "test err (%)", "seeds")
         rows = [
             (s.label, str(s.depth or _DASH), *(_cell(s.stats.get(m)) for m in ("train_error", "test_error")), _seeds(s))
             for s in summaries
         ]
         lines += ["", text_table(header, rows)]
-    best = _best(summaries, metric)
-    if best:
-        lines += ["", best]
+    lines += ["", f"Answer: {answer}"]
     for kind, title in _KINDS:
         texts = [f"- {f.text}" for f in findings if f.kind == kind]
         if texts:
             lines += ["", f"{title}:", *texts]
-    lines += ["", where]
+    lines += ["", where, ui.where_to_look(records.experiment_id, records.tracking_uri)]
     return "\n".join(lines)

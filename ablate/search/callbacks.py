@@ -39,12 +39,12 @@ def trial_name(trial: Trial) -> str:
 
 
 def model_params(config: TrainConfig) -> dict[str, Any]:
-    """``model.name``, ``model.depth``, ``model.params``, ``model.macs``, counted for the data set's shape."""
+    """``model.name``, ``depth``, ``model.params``, ``model.macs``, counted for the data set's shape."""
     facts = data_source(config.data)
     dims = dict(in_channels=facts.in_channels, num_classes=facts.num_classes)
     return {
         layout.PARAM_MODEL_NAME: config.model.name,
-        layout.PARAM_MODEL_DEPTH: config.model.depth,
+        layout.PARAM_DEPTH: config.model.depth,
         layout.PARAM_MODEL_PARAMS: count_params(config.model, **dims),
         layout.PARAM_MODEL_MACS: count_macs(config.model, **dims, image_size=facts.image_size),
     }
@@ -96,7 +96,7 @@ class Recorder(tune.Callback):
         status = result.get(STATUS)
         status = status if status in TRAINER_END_STATUSES else Status.STOPPED
         responses = json.loads(result[LAYER_RESPONSES]) if LAYER_RESPONSES in result else None
-        self.writer.end_trial(trial.trial_id, status, final=result, layer_responses=responses)
+        self.writer.end_trial(trial.trial_id, status, layer_responses=responses)
         self.ended[trial.trial_id] = status
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:

@@ -40,7 +40,6 @@ from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
 from ablate.study import Study, train_iterations
-from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
 
 __all__ = ["ClusterError", "EXIT_FAILED_TRIALS", "EXIT_INTERRUPTED", "EXIT_USAGE", "MAX_FAILURES", "run_study"]
@@ -115,10 +114,12 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
     writer.start_study(
         study.name, question=study.question, metric=study.metric.name, mode=study.metric.mode,
         study_yaml=study.resolved_yaml(), overrides=dict(item.partition("=")[::2] for item in study.overrides),
+        outline=_outline(study), compared=[axis.key for axis in study.axes], source=str(study.origin.file),
     )
     if writer.abandoned:
         print(f"closed {len(writer.abandoned)} earlier invocation(s) of {study.name!r} whose driver had died "
               "(now recorded as interrupted)", flush=True)
+    print(writer.where_to_look(), flush=True)
     recorder = Recorder(writer, expected=study.num_trials, resumed=resume)
     progress = Progress(metric=study.metric.name, mode=study.metric.mode, total=study.num_trials, restarts=MAX_FAILURES)
     callbacks = [recorder, progress]
@@ -135,6 +136,17 @@ def _run(study: Study, writer: StudyWriter, trainable, *, experiment: Path, resu
     finally:
         writer.end_study(status)
     return _summary(study, recorder, status, writer)
+
+
+def _outline(study: Study) -> dict[str, str]:
+    """The parent run's params: the study file, method, seeds, trial count and each axis's domain."""
+    return {
+        "study.file": str(study.origin.file),
+        "search.method": study.search.method,
+        "seeds": ", ".join(map(str, study.seeds)),
+        "trials": str(study.num_trials),
+        **{f"space.{axis.key}": axis.describe() for axis in study.axes},
+    }
 
 
 # -- the Tuner ----------------------------------------------------------------------------------------
@@ -344,6 +356,7 @@ def _summary(study: Study, recorder: Recorder, status: str, writer: StudyWriter)
     before = f", {recorder.done_before} ended in earlier runs" if recorder.done_before else ""
     print(f"study {study.name}: {status}; trials of this run: {ended}{before} (of {study.num_trials})")
     print(f"records: MLflow experiment {study.name!r} at {writer.tracking_uri}")
+    print(writer.where_to_look())
     if status == Status.INTERRUPTED:
         sets = "".join(f" --set {item}" for item in study.overrides)
         print(f"continue with: ablate run {study.origin.file}{sets} --resume")

@@ -12,13 +12,19 @@ from ablate.console import text_table
 from ablate.data.catalog import data_source
 from ablate.study.core import Study, format_value
 
-__all__ = ["format_plan", "plan_rows", "train_iterations", "training_images"]
+__all__ = ["eval_images", "format_plan", "plan_rows", "train_iterations", "training_images"]
 
 
 def training_images(data: DataConfig) -> int:
     """Images one epoch trains on: the declared training set less ``val_size``, capped at ``train_size``."""
     remaining = data_source(data).train_images - data.val_size
     return min(remaining, data.train_size) if data.train_size else remaining
+
+
+def eval_images(data: DataConfig) -> int:
+    """Images one evaluation passes forward: the validation split and the test set (capped at ``test_size``)."""
+    test = data_source(data).test_images
+    return data.val_size + (min(test, data.test_size) if data.test_size else test)
 
 
 def train_iterations(config: TrainConfig) -> int:

@@ -1,23 +1,33 @@
 """How a study is laid out in MLflow: the one contract between the writer and the readers.
 
-- One MLflow **experiment per study**, named after the study (``study.name``).
+- One MLflow **experiment per study**, named after the study (``study.name``), tagged so that
+  ``mlflow ui`` shows it as a model-training experiment with the study's columns (:mod:`.ui`).
 - Each invocation of ``ablate run`` is a **parent run** (tag ``ablate.role = study``).
 - Each trial is a **child run** nested under it (``mlflow.parentRunId``; ``ablate.role = trial``).
 
 Child runs hold:
-- params: every field of the trial's resolved :class:`~ablate.config.TrainConfig`, flattened
-  (``model.n``, ``trainer.lr``, ``seed``, ...), plus ``model.name``, ``model.depth``,
-  ``model.params`` and ``model.macs``;
+- params: the fields of the trial's resolved :class:`~ablate.config.TrainConfig` that mean something
+  for it, flattened (``model.n``, ``trainer.lr``, ``seed``, ...; no ``None`` values, no
+  ``data.synthetic_*`` on real data), plus :data:`PARAM_MODEL_NAME`, :data:`PARAM_DEPTH`,
+  :data:`PARAM_MODEL_PARAMS`, :data:`PARAM_MODEL_MACS` and the short copies :data:`SHORT_PARAMS`
+  (``block``, ``shortcut``, ``warmup``) that the runs table shows side by side;
 - metrics at every evaluation point, ``step`` = training iteration: the trainer's numbers,
   :data:`ablate.metrics.EVAL_METRICS` and the ``grad_norm/<part>`` family (:mod:`ablate.metrics`);
-- final metrics ``final/<metric>`` (the values at the end of the run);
+  a run's final values are its latest ones;
 - artifacts ``layer_responses.json`` (``{"names": [...], "std": [...]}``, network order) and
-  ``config.json`` (the resolved config);
+  ``config.json`` (the resolved config, every field);
 - tags: :data:`TAG_STUDY`, :data:`TAG_ROLE`, :data:`TAG_STATUS`, :data:`TAG_GROUP`,
   :data:`TAG_LABEL`, :data:`TAG_TRIAL`, plus the git commit and library versions.
 
-Parent runs hold the resolved study file as artifact ``study.yaml``, the study's question and
-metric as tags, and the report (``report/``) once ``ablate report`` has run.
+Parent runs hold the resolved study file as artifact ``study.yaml`` and its outline as params
+(``study.file``, ``search.method``, ``seeds``, ``trials``, ``space.<axis key>``; the ``--set``
+overrides under ``set.<key>``), the study's question and metric
+as tags, the user, source and git commit, and a description (MLflow's run note): the question, and
+once ``ablate report`` has run, its answer, headline metrics (:data:`BEST_PREFIX`,
+:data:`MEAN_PREFIX`) and the report (``report/``).
+
+Records written before these names (``final/<metric>`` metrics, a ``model.depth`` param) still read:
+see :data:`LEGACY_FINAL_PREFIX` and :data:`LEGACY_PARAMS`.
 """
 
 from __future__ import annotations
@@ -43,7 +53,11 @@ TAG_DRIVER = "ablate.driver"  # parent and child: "host:pid:start" of the proces
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
 
-FINAL_PREFIX = "final/"  # final/train_error, final/val_error, final/test_error, ...
+LEGACY_FINAL_PREFIX = "final/"  # older records repeated each last value as final/<metric>; readers skip them
+
+# parent run metrics, logged by `ablate report` (error fractions, like the trials' metrics)
+BEST_PREFIX = "best_mean_"  # best_mean_<metric>: the best configuration's mean over its seeds
+MEAN_PREFIX = "mean_"  # mean_<metric>/<configuration label>: every configuration's mean (grid studies)
 
 # artifacts
 ARTIFACT_RESPONSES = "layer_responses.json"
@@ -51,11 +65,18 @@ ARTIFACT_CONFIG = "config.json"
 ARTIFACT_STUDY = "study.yaml"
 ARTIFACT_REPORT_DIR = "report"
 
-# params added beside the flattened config
+# child run params added beside the flattened config
 PARAM_MODEL_NAME = "model.name"
-PARAM_MODEL_DEPTH = "model.depth"
+PARAM_DEPTH = "depth"  # weighted layers
 PARAM_MODEL_PARAMS = "model.params"
 PARAM_MODEL_MACS = "model.macs"
+SHORT_PARAMS = {  # short name -> the config key it copies, for the runs table's columns
+    "block": "model.block",
+    "shortcut": "model.shortcut",
+    "warmup": "trainer.warmup.policy",
+}
+ADDED_PARAMS = frozenset({PARAM_MODEL_NAME, PARAM_DEPTH, PARAM_MODEL_PARAMS, PARAM_MODEL_MACS, *SHORT_PARAMS})
+LEGACY_PARAMS = {"model.depth": PARAM_DEPTH}  # older name -> current name
 
 
 def default_tracking_uri() -> str:

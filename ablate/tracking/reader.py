@@ -7,8 +7,11 @@ still running: its trials are returned with the values logged so far and marked 
 Operation order of :func:`load_study_records`: find the study's experiment (named after the study)
 -> its parent runs (one per ``ablate run`` invocation) -> all their trial runs -> keep the latest
 run per (configuration group, seed), so a resumed study's re-run trial replaces the interrupted one
--> per kept trial: parsed params, final and latest metrics, per-epoch error histories, layer
-responses.
+-> per kept trial: parsed params, the latest value of each metric (a run's final value), per-epoch
+error histories, layer responses.
+
+Records written before the current names read the same: ``final/<metric>`` copies are skipped and a
+``model.depth`` param reads as ``depth`` (:data:`~ablate.tracking.layout.LEGACY_PARAMS`).
 
 Example::
 
@@ -102,16 +105,21 @@ class TrialRecord:
     seed: int | None
     status: str  # running | finished | diverged | failed; the writer also ends runs as stopped (ASHA) | interrupted
     start_time: int  # ms since the epoch
-    params: dict[str, Any]  # flattened config plus model.name/depth/params/macs, values parsed back from strings
+    params: dict[str, Any]  # the run's params (see layout), values parsed back from strings; no None values
     tags: dict[str, str]
-    final: dict[str, float]  # final/<metric> with the prefix removed; empty while the trial runs
-    latest: dict[str, float]  # the last logged value of every other metric
+    metrics: dict[str, float]  # the latest value of every metric: the final one once the trial has ended
     history: dict[str, History]  # HISTORY_METRICS that were logged
     layer_responses: LayerResponses | None  # None when the artifact is absent or unreadable
 
     def value(self, metric: str) -> float | None:
-        """The final value of ``metric``, or the latest one while the trial has not finished."""
-        return self.final.get(metric, self.latest.get(metric))
+        """The latest value of ``metric``: final once the trial ended (at the stop for a stopped trial)."""
+        return self.metrics.get(metric)
+
+    @property
+    def last_step(self) -> int | None:
+        """The training iteration of the latest evaluation logged (where a stopped trial stopped)."""
+        steps = [h.steps[-1] for h in self.history.values() if h.steps]
+        return max(steps) if steps else None
 
 
 @dataclass(frozen=True)
@@ -310,13 +318,15 @@ def _parse_param(text: str) -> Any:
 
 def _trial_record(client: MlflowClient, run: Run, scratch: Path, tracking_uri: str) -> TrialRecord:
     """Parsed params, metrics (final, latest, histories) and layer responses of one trial run."""
-    params = {key: _parse_param(value) for key, value in run.data.params.items()}
-    metrics = run.data.metrics
-    final = {k.removeprefix(layout.FINAL_PREFIX): v for k, v in metrics.items() if k.startswith(layout.FINAL_PREFIX)}
-    latest = {k: v for k, v in metrics.items() if not k.startswith(layout.FINAL_PREFIX)}
+    params = {}
+    for key, text in run.data.params.items():
+        value = _parse_param(text)
+        if value is not None:  # older records logged unset options as "None"
+            params[layout.LEGACY_PARAMS.get(key, key)] = value
+    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith(layout.LEGACY_FINAL_PREFIX)}
     history = {}
     for key in HISTORY_METRICS:
-        if key in latest:
+        if key in metrics:
             points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
             history[key] = History(tuple(m.step for m in points), tuple(m.value for m in points))
     responses = _read_artifact(run, layout.ARTIFACT_RESPONSES, scratch, tracking_uri)
@@ -332,8 +342,7 @@ def _trial_record(client: MlflowClient, run: Run, scratch: Path, tracking_uri: s
         start_time=run.info.start_time or 0,
         params=params,
         tags=dict(tags),
-        final=final,
-        latest=latest,
+        metrics=metrics,
         history=history,
         layer_responses=None if responses is None else _layer_responses(responses),
     )

@@ -4,13 +4,14 @@ Only the process that drives Ray Tune writes (through the callbacks of :mod:`abl
 SQLite store never sees two writers at once ("database is locked") however many trials run.
 
 Operation order of one invocation of ``ablate run``:
-:meth:`StudyWriter.start_study` (the study's experiment, created on first use; a parent run with its
-tags, ``study.yaml`` and the overrides as params) -> per trial :meth:`~StudyWriter.start_trial` (the
-trial's child run: reused when the trial id already has one, as after ``--resume``; else created with
-params, tags and ``config.json``) -> :meth:`~StudyWriter.log_metrics` at every report (step = training
-iteration) -> :meth:`~StudyWriter.end_trial` (``final/`` metrics, ``layer_responses.json``, status)
--> :meth:`~StudyWriter.end_study`, which also ends every child run still open, so that a crash or a
-Ctrl-C leaves no run marked RUNNING.
+:meth:`StudyWriter.start_study` (the study's experiment, created on first use and tagged for ``mlflow
+ui`` (:mod:`.ui`); a parent run with its tags, description, ``study.yaml`` and the study's outline and
+overrides as params) -> per trial :meth:`~StudyWriter.start_trial` (the trial's child run: reused when
+the trial id already has one, as after ``--resume``; else created with params, tags and
+``config.json``) -> :meth:`~StudyWriter.log_metrics` at every report (step = training iteration) ->
+:meth:`~StudyWriter.end_trial` (``layer_responses.json``, status) -> :meth:`~StudyWriter.end_study`,
+which also ends every child run still open, so that a crash or a Ctrl-C leaves no run marked RUNNING.
+Later, ``ablate report`` writes the study's answer onto the parent run (:func:`record_answer`).
 
 Example::
 
@@ -23,24 +24,37 @@ Example::
 
 from __future__ import annotations
 
+import getpass
 import json
+import re
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
 from ablate.config import TrainConfig, flatten
 from ablate.metrics import EVAL_METRICS, GRAD_NORM_PREFIX, ITERATION, LAYER_RESPONSES, STATUS, Status
 from ablate.paths import project_root
-from ablate.tracking import layout
+from ablate.tracking import layout, ui
 from ablate.tracking.store import close_abandoned_runs, driver_id, open_store
 
-__all__ = ["MLFLOW_STATUS", "RECORDED_OTHERWISE", "StudyWriter", "reported_metrics"]
+__all__ = [
+    "MLFLOW_STATUS",
+    "RECORDED_OTHERWISE",
+    "StudyWriter",
+    "metric_key",
+    "record_answer",
+    "reported_metrics",
+    "run_params",
+    "study_note",
+]
 
 # MLflow's own run status for each ablate.status a run ends with (a diverged or early-stopped trial
 # ran as the study planned; an interrupted one continues on --resume).
@@ -60,7 +74,55 @@ TAG_VERSION_PREFIX = "ablate.version."  # ablate.version.torch, ... on every chi
 VERSIONED_PACKAGES = ("torch", "ray", "mlflow", "optuna", "ablate")
 ARTIFACT_ERROR = "error.txt"  # child of a failed trial: the error as Ray Tune recorded it
 ARTIFACT_DIR = "mlartifacts"  # beside a SQLite store: where its experiments keep their artifacts
+DEFAULT_EXPERIMENT = "0"  # MLflow's "Default", created with every store
 _BATCH = 1000  # MLflow's limit on metrics per log_batch request (params: 100)
+_PARAM_BATCH = 100
+
+
+def run_params(config: TrainConfig, model: Mapping[str, Any]) -> dict[str, str]:
+    """A trial's params: the config fields that mean something for it, ``model``, and the short copies.
+
+    Left out: ``None`` values (an unset option) and the ``data.synthetic_*`` fields unless the data set
+    is synthetic; every field is still in the artifact ``config.json``.
+    """
+    flat = flatten(config)
+    synthetic = config.data.name == "synthetic"
+    kept = {
+        key: value
+        for key, value in flat.items()
+        if value is not None and (synthetic or not key.startswith("data.synthetic_"))
+    }
+    short = {name: flat[key] for name, key in layout.SHORT_PARAMS.items()}
+    return {key: str(value) for key, value in {**kept, **model, **short}.items()}
+
+
+def study_note(question: str, answer: str | None = None, *, study: str | None = None) -> str:
+    """The parent run's description (Markdown): the question, and the report's answer once there is one."""
+    if answer is None:
+        answer = f"not yet: run `ablate report --study {study}` when the trials have run."
+    return f"**Question:** {question}\n\n**Answer:** {answer}"
+
+
+def metric_key(text: str) -> str:
+    """``text`` with the characters MLflow refuses in metric names (anything but letters, digits, ``_ - . / : ``
+    and spaces) replaced by ``_``: ``"resnet8 lr=0.1"`` -> ``"resnet8 lr_0.1"``."""
+    return re.sub(r"[^\w.\-/: ]", "_", text)
+
+
+def record_answer(
+    tracking_uri: str, run_id: str, *, note: str, metrics: Mapping[str, float], step: int = 0
+) -> None:
+    """Write a report's answer onto the study's parent run: ``note`` as its description, ``metrics`` logged.
+
+    Metric names go through :func:`metric_key`; a later report logs the same names again (MLflow
+    shows the latest value).
+    """
+    client = MlflowClient(tracking_uri)
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, note)
+    now = int(time.time() * 1000)
+    batch = [Metric(metric_key(key), float(value), now, step) for key, value in metrics.items()]
+    for start in range(0, len(batch), _BATCH):
+        client.log_batch(run_id, metrics=batch[start:start + _BATCH])
 
 
 def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -93,20 +155,37 @@ class StudyWriter:
         self._last_step: dict[str, int] = {}  # trial id -> last step logged
         self._provenance: dict[str, str] | None = None
         self.abandoned: list[str] = []  # parent runs of earlier invocations, left RUNNING by a dead driver, closed
+        self.source: str | None = None  # the study file, shown as the runs' source
 
     # -- the study ------------------------------------------------------------------------------------
 
     def start_study(
-        self, name: str, *, question: str, metric: str, mode: str, study_yaml: str, overrides: Mapping[str, Any]
+        self,
+        name: str,
+        *,
+        question: str,
+        metric: str,
+        mode: str,
+        study_yaml: str,
+        overrides: Mapping[str, Any],
+        outline: Mapping[str, Any] | None = None,
+        compared: Sequence[str] = (),
+        source: str | None = None,
     ) -> str:
         """Open the parent run of this invocation; returns its run id.
 
         Runs that an earlier invocation left RUNNING when its driver died are closed first (see
         :func:`~ablate.tracking.store.close_abandoned_runs`); their ids are kept in ``abandoned``.
+        ``outline``: the study's outline as params (file, method, seeds, trials, ``space.<key>``);
+        ``overrides`` are logged as ``set.<key>``; ``compared``: the study's axis keys, the runs
+        table's first columns (:func:`.ui.experiment_tags`); ``source``: the study file.
         """
         self.study = name
+        self.source = source
         self.experiment_id = self._experiment(name)
         self.abandoned = close_abandoned_runs(self.client, self.experiment_id)
+        for key, value in ui.experiment_tags(question=question, compared=compared, metric=metric, mode=mode).items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
         tags = {
             layout.TAG_STUDY: name,
             layout.TAG_ROLE: layout.ROLE_STUDY,
@@ -115,14 +194,22 @@ class StudyWriter:
             layout.TAG_METRIC: metric,
             layout.TAG_MODE: mode,
             layout.TAG_DRIVER: driver_id(),
+            MLFLOW_RUN_NOTE: study_note(question, study=name),
+            **self._provenance_tags(),
         }
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}")
+        run_name = f"{name} {time.strftime('%Y-%m-%d %H:%M')}"
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name)
         self.parent_id = run.info.run_id
         self.client.log_text(self.parent_id, study_yaml, layout.ARTIFACT_STUDY)
-        params = [Param(key, str(value)) for key, value in overrides.items()]
-        for start in range(0, len(params), 100):
-            self.client.log_batch(self.parent_id, params=params[start:start + 100])
+        values = {**(outline or {}), **{f"set.{key}": value for key, value in overrides.items()}}
+        params = [Param(key, str(value)) for key, value in values.items()]
+        for start in range(0, len(params), _PARAM_BATCH):
+            self.client.log_batch(self.parent_id, params=params[start:start + _PARAM_BATCH])
         return self.parent_id
+
+    def where_to_look(self) -> str:
+        """The terminal line with the study's runs in ``mlflow ui`` (:func:`.ui.where_to_look`); after start_study."""
+        return ui.where_to_look(self.experiment_id, self.tracking_uri)
 
     def end_study(self, status: str) -> None:
         """End the parent run as ``status`` (finished | interrupted | failed) and every child run still open.
@@ -142,7 +229,7 @@ class StudyWriter:
     ) -> str:
         """The trial's child run, marked running: the one it already has (by trial id), else a new one.
 
-        ``model``: the params added beside the flattened config (``model.name``, ``model.depth``,
+        ``model``: the params added beside the flattened config (``model.name``, ``depth``,
         ``model.params``, ``model.macs``). A reused run keeps its params and history.
         """
         if trial_id in self._open:  # restarted after a failure, in this invocation
@@ -176,19 +263,15 @@ class StudyWriter:
         trial_id: str,
         status: str,
         *,
-        final: Mapping[str, Any] | None = None,
         layer_responses: Mapping[str, list] | None = None,
         error: str | None = None,
     ) -> None:
         """End the trial's child run as ``status`` (finished | diverged | stopped | interrupted | failed).
 
-        ``final``: the last report, logged again as ``final/<metric>``; ``layer_responses``: logged as
-        ``layer_responses.json``; ``error``: the failure as text, logged as ``error.txt``.
+        The run's final values are the last ones :meth:`log_metrics` logged. ``layer_responses``:
+        logged as ``layer_responses.json``; ``error``: the failure as text, logged as ``error.txt``.
         """
         run_id = self._open.pop(trial_id)
-        if final:
-            values = {layout.FINAL_PREFIX + key: value for key, value in reported_metrics(final).items()}
-            self._log(run_id, values, step=int(final.get(ITERATION, 0)))
         if layer_responses is not None:
             self.client.log_text(run_id, json.dumps(dict(layer_responses)), layout.ARTIFACT_RESPONSES)
         if error:
@@ -207,10 +290,23 @@ class StudyWriter:
         """The study's experiment id: created on first use (artifacts beside a SQLite store), restored if deleted."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
+            self._retire_empty_default()
             return self.client.create_experiment(name, artifact_location=_artifact_location(self.tracking_uri, name))
         if experiment.lifecycle_stage != "active":
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
+
+    def _retire_empty_default(self) -> None:
+        """Delete MLflow's "Default" experiment when it holds no run (``mlflow experiments restore
+        --experiment-id 0`` brings it back): created with every store, with an artifact folder relative to
+        wherever the store was first opened, it would be the first, empty, entry of ``mlflow ui``."""
+        try:
+            default = self.client.get_experiment(DEFAULT_EXPERIMENT)
+        except MlflowException:
+            return
+        if default.lifecycle_stage != "active" or self.client.search_runs([DEFAULT_EXPERIMENT], max_results=1):
+            return
+        self.client.delete_experiment(DEFAULT_EXPERIMENT)
 
     def _existing_trial(self, trial_id: str) -> str | None:
         query = f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}' and tags.`{layout.TAG_TRIAL}` = '{trial_id}'"
@@ -219,7 +315,7 @@ class StudyWriter:
 
     def _logged_up_to(self, run_id: str) -> int:
         """The last step at which the run logged a per-evaluation metric; -1 when none."""
-        keys = [key for key in self.client.get_run(run_id).data.metrics if not key.startswith(layout.FINAL_PREFIX)]
+        keys = [k for k in self.client.get_run(run_id).data.metrics if not k.startswith(layout.LEGACY_FINAL_PREFIX)]
         return max((m.step for key in keys for m in self.client.get_metric_history(run_id, key)), default=-1)
 
     def _new_trial(
@@ -239,9 +335,9 @@ class StudyWriter:
         run_id = self.client.create_run(
             self.experiment_id, tags=tags, run_name=f"{label} seed {config.seed}"
         ).info.run_id
-        params = [Param(key, str(value)) for key, value in {**flatten(config), **model}.items()]
-        for start in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[start:start + 100])
+        params = [Param(key, value) for key, value in run_params(config, model).items()]
+        for start in range(0, len(params), _PARAM_BATCH):
+            self.client.log_batch(run_id, params=params[start:start + _PARAM_BATCH])
         self.client.log_text(run_id, config.model_dump_json(indent=2), layout.ARTIFACT_CONFIG)
         return run_id
 
@@ -252,9 +348,12 @@ class StudyWriter:
             self.client.log_batch(run_id, metrics=metrics[start:start + _BATCH])
 
     def _provenance_tags(self) -> dict[str, str]:
-        """The git commit of the project (when it is a checkout) and the versions of the libraries, once."""
+        """User, source (the study file), the git commit of the project (when it is a checkout) and the
+        versions of the libraries; worked out once."""
         if self._provenance is None:
-            tags = {}
+            tags = {MLFLOW_USER: _user(), MLFLOW_SOURCE_TYPE: "LOCAL"}
+            if self.source:
+                tags[MLFLOW_SOURCE_NAME] = self.source
             for package in VERSIONED_PACKAGES:
                 try:
                     tags[TAG_VERSION_PREFIX + package] = metadata.version(package)
@@ -277,6 +376,13 @@ def _artifact_location(tracking_uri: str, name: str) -> str | None:
     if database is None:
         return None
     return (database.resolve().parent / ARTIFACT_DIR / name).as_uri()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "unknown"
 
 
 def _git_commit(root: Path) -> str | None:
