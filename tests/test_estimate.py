@@ -9,6 +9,7 @@ import yaml
 
 from ablate import estimate
 from ablate.cli import main
+from ablate.config import with_overrides
 from ablate.study import load_study, plan_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +19,13 @@ def test_trial_flops_count_training_and_every_evaluation():
     study = load_study(REPO / "studies/quickstart.yaml")
     trial, row = study.trials()[0], plan_rows(study)[0]
     macs = row["macs"]
+    config = with_overrides(trial.config, {"trainer.iterations": 300, "trainer.batch_size": 128,
+                                           "trainer.eval_every": 100, "data.val_size": 2000, "data.test_size": 2000})
     # 300 iterations of 128 images; an evaluation every 100 iterations of 2000 validation + 2000 test images
-    assert estimate.trial_flops(trial.config, macs) == 6 * macs * 300 * 128 + 2 * macs * 4000 * 3
+    assert estimate.trial_flops(config, macs) == 6 * macs * 300 * 128 + 2 * macs * 4000 * 3
+    # 301 iterations: a fourth, last evaluation at the end
+    longer = with_overrides(config, {"trainer.iterations": 301})
+    assert estimate.trial_flops(longer, macs) == 6 * macs * 301 * 128 + 2 * macs * 4000 * 4
     assert estimate.study_flops(study) == sum(estimate.trial_flops(t.config, r["macs"])
                                               for t, r in zip(study.trials(), plan_rows(study)))
 
