@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from mlflow_records import FakeTrial, Invocation, log_study, new_tracking_uri, replicates
 
 from ablate.report import UnknownStudyError, format_studies, list_studies, make_report
+from ablate.report.answer import answer
 from ablate.report.aggregate import ConfigSummary, Stat, coupled_keys, summarize
 from ablate.report.diagnose import Difference, Tolerance, diagnose
 from ablate.tracking.reader import load_study_records
@@ -165,6 +166,43 @@ def test_warmup_policies_are_compared_like_shortcuts():
     clear = findings[frozenset((none.label, paper.label))]
     assert clear.verdict == "clear difference" and "warm-up paper has clearly lower training error" in clear.text
     assert findings[frozenset((none.label, linear.label))].verdict == "no clear difference"
+
+
+def test_the_answer_names_the_best_warmup_policy_and_what_it_clearly_beats():
+    def summary(policy, errors):
+        params = {"model.n": 18, "model.shortcut": "A", "trainer.warmup.policy": policy}
+        return ConfigSummary(f"resnet110-{policy}", f"resnet110 warmup.policy={policy}", params, (),
+                             {"train_error": Stat.of(errors)})  # fmt: skip
+
+    configs = [summary("none", [0.30, 0.31, 0.32]), summary("paper", [0.20, 0.21, 0.22]),
+               summary("linear", [0.22, 0.26, 0.18])]
+    findings = diagnose(configs, metric="train_error", tolerance=TOLERANCE)
+    text = answer(configs, findings, metric="train_error", mode="min", tolerance=TOLERANCE)
+    assert text.startswith("Warm-up policies: best paper (training error 21.00 ± 1.00 %), clearly better than none;"
+                           " not clearly better than linear;"), text
+    one_seed = [summary("none", [0.30]), summary("paper", [0.20])]
+    text = answer(one_seed, diagnose(one_seed, metric="train_error", tolerance=TOLERANCE), metric="train_error",
+                  mode="min", tolerance=TOLERANCE)
+    assert "best paper (training error 20.00 %), better than none" in text and "clearly" not in text, text
+
+
+def test_a_deeper_net_that_tests_worse_and_trains_worse_within_noise_is_not_called_overfitting():
+    def summary(n, train, test):
+        params = {"model.n": n, "model.shortcut": "A", "depth": 6 * n + 2}
+        return ConfigSummary(f"resnet{6 * n + 2}", f"resnet{6 * n + 2}", params, (),
+                             {"train_error": Stat.of(train), "test_error": Stat.of(test)})
+
+    shallow = summary(3, [0.23, 0.25, 0.28], [0.235, 0.245, 0.255])
+    noisy = summary(9, [0.27, 0.29, 0.29], [0.265, 0.27, 0.27])  # train +3 pp at ~1.4 pooled std
+    level = summary(9, [0.24, 0.25, 0.27], [0.265, 0.27, 0.27])  # train +0.3 pp: as low
+    worse, = diagnose([shallow, noisy], metric="train_error", tolerance=TOLERANCE)
+    assert worse.verdict == "tests worse" and "cannot be told apart" in worse.text
+    overfit, = diagnose([shallow, level], metric="train_error", tolerance=TOLERANCE)
+    assert overfit.verdict == "overfitting"
+    same = summary(9, [0.24, 0.25, 0.27], [0.24, 0.245, 0.255])  # a study of test error asks: does it test worse?
+    text = answer([shallow, same], diagnose([shallow, same], metric="test_error", tolerance=TOLERANCE),
+                  metric="test_error", mode="min", tolerance=TOLERANCE)
+    assert text.startswith("Deeper residual nets test worse: no (resnet20 → resnet56: test error 24.50"), text
 
 
 def test_settings_the_study_ties_to_depth_do_not_split_a_family(store):

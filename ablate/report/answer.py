@@ -5,9 +5,11 @@ claim with its verdict and the numbers it rests on:
 
 - depth (per family, e.g. plain and residual nets; its widest pair of depths): "deeper plain nets train
   worse: yes (plain8 → plain32: training error 22.10 % → 25.95 %, +3.85 pp)". The claim follows the
-  verdict: *train worse* (degradation, or no difference), *overfit*, *test better* (gain);
+  verdict: *train worse* (degradation, or no difference), *overfit*, *test worse* (tests worse), *test
+  better* (gain);
 - shortcut against plain net (per depth): "shortcuts lower training error: yes at 32 layers (...)";
-- shortcut options and block types against each other: whether any pair differs, with the largest pair.
+- shortcut options and block types against each other: whether any pair differs, with the largest pair;
+- BN/ReLU placements and warm-up policies: the best one, and which others it is clearly better than.
 
 The verdict words: *yes* when the difference is clear (or, with one seed, large enough: tentative),
 *no* when it is under ``Tolerance.min_points``, *not clear at this budget* when it is larger than that
@@ -62,7 +64,9 @@ def _without_depth(family: str) -> str:
     return ", ".join(p for p in family.split(", ") if p and not p.startswith("depth "))
 
 
-def _depth_clauses(findings: Sequence[Finding], tolerance: Tolerance) -> list[str]:
+def _depth_clauses(findings: Sequence[Finding], tolerance: Tolerance, metric: str) -> list[str]:
+    """One clause per family of depth pairs, on its widest pair; a pair with no clear difference is asked the
+    study's question: train worse, or test worse when the study's metric is test error."""
     families: dict[str, list[Finding]] = {}
     for finding in findings:
         families.setdefault(finding.family, []).append(finding)
@@ -77,8 +81,13 @@ def _depth_clauses(findings: Sequence[Finding], tolerance: Tolerance) -> list[st
         train, test = widest.differences["train_error"], widest.differences["test_error"]
         if widest.verdict == "overfitting":
             claim, numbers = "overfit: yes", f"{_change(train, 'train_error')}; {_change(test, 'test_error')}"
+        elif widest.verdict == "tests worse":
+            claim = "test worse: yes, and train worse within the seeds' spread"
+            numbers = f"{_change(test, 'test_error')}; {_change(train, 'train_error')}"
         elif widest.verdict == "gain":
             claim, numbers = "test better: yes", _change(test, "test_error")
+        elif metric == "test_error" and widest.verdict == "no clear difference":  # the study asks about test error
+            claim, numbers = f"test worse: {_yes_no(test, tolerance, wanted='higher')}", _change(test, "test_error")
         else:  # degradation, or no clear difference: the paper's question, do they train worse?
             claim, numbers = f"train worse: {_yes_no(train, tolerance, wanted='higher')}", _change(train, "train_error")
         verdicts = Counter(f.verdict for f in pairs)
@@ -120,6 +129,38 @@ def _any_differs(findings: Sequence[Finding], what: str, tolerance: Tolerance) -
         verdict = "not clear at this budget"
     head = " → ".join(largest.labels)
     return f"{what} differ: {verdict} (largest: {head}, {_change(largest.difference, largest.metric)})"
+
+
+def _best_of(findings: Sequence[Finding], axis: str, what: str, *, mode: str | None) -> list[str]:
+    """Per family: "warm-up policies: best linear (training error 40.89 ± 11.12 %), clearly better than none;
+    not clearly better than paper"; a family whose pairs lack data is left out."""
+    families: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.difference and axis in finding.differing:
+            families.setdefault(finding.family, []).append(finding)
+    clauses = []
+    for family, pairs in families.items():
+        stats = {}
+        for finding in pairs:
+            first, second = finding.differing[axis]
+            stats[str(first)], stats[str(second)] = finding.difference.a, finding.difference.b
+        pick = max if mode == "max" else min
+        best = pick(stats, key=lambda value: stats[value].mean)
+        beaten, close = [], []
+        for finding in pairs:
+            values = [str(value) for value in finding.differing[axis]]
+            if best in values:
+                other = values[1 - values.index(best)]
+                (beaten if finding.verdict == "clear difference" else close).append(other)
+        clearly = "" if any(f.tentative for f in pairs) else "clearly "  # one seed: never "clearly"
+        where = f" ({family})" if len(families) > 1 and family else ""
+        text = f"{what}{where}: best {best} ({metric_words(pairs[0].metric)} {stats[best].percent()} %)"
+        if beaten:
+            text += f", {clearly}better than {', '.join(beaten)}"
+        if close:
+            text += f"{';' if beaten else ','} not {clearly or 'clearly '}better than {', '.join(close)}"
+        clauses.append(text)
+    return clauses
 
 
 def seeds_clause(summaries: Sequence[ConfigSummary], metric: str, findings: Sequence[Finding]) -> str:
@@ -168,7 +209,7 @@ def answer(
     configurations differs in depth, shortcut or block alone; ``partial``: some trials have not
     finished (said at the end).
     """
-    depth = _depth_clauses([f for f in findings if f.kind == "depth"], tolerance)
+    depth = _depth_clauses([f for f in findings if f.kind == "depth"], tolerance, metric)
     other = [
         clause
         for clause in (
@@ -181,6 +222,13 @@ def answer(
         )
         if clause
     ]
+    options = [f for f in findings if f.kind == "shortcut" and "none" not in f.differing.get("model.shortcut", ())]
+    if any(f.verdict == "clear difference" for f in options):  # they differ: which is best
+        other += _best_of(options, "model.shortcut", "shortcut options", mode=mode)
+    other += _best_of([f for f in findings if f.kind == "activation"], "model.activation", "BN/ReLU placements",
+                      mode=mode)
+    other += _best_of([f for f in findings if f.kind == "warm-up"], "trainer.warmup.policy", "warm-up policies",
+                      mode=mode)
     seeds = seeds_clause(summaries, metric, findings)
     if partial:
         seeds += "; partial results: unfinished trials count with their latest values"

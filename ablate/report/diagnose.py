@@ -6,10 +6,13 @@ in this order:
 1. *degradation*: D's training error is clearly higher than S's. Deeper nets that fit their own
    training set worse cannot be explained by overfitting: the degradation problem (He et al. 2015,
    sec. 1 and 4.1, Fig. 1 and 6).
-2. *overfitting*: D's training error is as low or lower, but its test error is clearly higher: the
-   paper's reading of ResNet-1202 against ResNet-110 (sec. 4.2).
-3. *gain*: D's test error is clearly lower.
-4. *no clear difference* otherwise.
+2. *overfitting*: D's training error is as low as S's (higher by less than ``Tolerance.min_points``) or
+   lower, but its test error is clearly higher: the paper's reading of ResNet-1202 against ResNet-110
+   (sec. 4.2).
+3. *tests worse*: D's test error is clearly higher and its training error higher too, by more than
+   ``min_points`` but within the seeds' spread: degradation and overfitting cannot be told apart.
+4. *gain*: D's test error is clearly lower.
+5. *no clear difference* otherwise.
 
 **Shortcut, block, activation and warm-up comparisons** (configurations differing only in
 ``model.shortcut``, ``model.block``, ``model.activation`` or ``trainer.warmup.policy``): every pair, on the
@@ -48,7 +51,7 @@ from ablate.report.aggregate import (
 
 __all__ = ["Difference", "Finding", "Tolerance", "comparison_metric", "diagnose", "same_words"]
 
-DEPTH_VERDICTS = ("degradation", "overfitting", "gain", "no clear difference", "not enough data")
+DEPTH_VERDICTS = ("degradation", "overfitting", "tests worse", "gain", "no clear difference", "not enough data")
 AXIS_VERDICTS = ("clear difference", "no clear difference", "not enough data")
 
 
@@ -215,6 +218,10 @@ _DEPTH_READING = {
         "The deeper net fits the training set as well or better yet tests worse: overfitting, the paper's reading of"
         " ResNet-1202 vs ResNet-110 (sec. 4.2)."
     ),
+    "tests worse": (
+        "The deeper net tests worse, and trains worse too though within the seeds' spread: degradation and"
+        " overfitting cannot be told apart at this budget."
+    ),
     "gain": "The deeper net tests better without training worse: depth pays here.",
 }
 
@@ -234,7 +241,7 @@ def _depth_finding(
     if train.direction(tolerance) == "higher":
         verdict = "degradation"
     elif test.direction(tolerance) == "higher":
-        verdict = "overfitting"
+        verdict = "overfitting" if 100 * train.delta < tolerance.min_points else "tests worse"
     elif test.direction(tolerance) == "lower":
         verdict = "gain"
     else:

@@ -281,8 +281,10 @@ def _method(tolerance: Tolerance, study: Mapping[str, Any] | None) -> list[Block
         f"{tolerance.min_spreads:g} pooled seed-to-seed standard deviations; anything smaller is reported as no clear "
         "difference. With one seed on both sides the spread is unknown: a verdict then rests on the size alone "
         f"(at least {tolerance.min_points:g} points) and is marked tentative. Depth pairs: degradation = the deeper "
-        "net's training error is higher; overfitting = its training error is as low or lower while its test error "
-        "is higher; gain = its test error is lower. In the answer, \"not clear at this budget\" means a difference "
+        "net's training error is higher; overfitting = its training error is as low (within "
+        f"{tolerance.min_points:g} points) or lower while its test error is higher; tests worse = its test error is "
+        "higher and its training error higher too, within the noise (degradation and overfitting cannot be told "
+        "apart); gain = its test error is lower. In the answer, \"not clear at this budget\" means a difference "
         "above the size threshold but within the seed-to-seed noise: more seeds or longer runs would decide it."
     )
     for axis, _ in AXES:
