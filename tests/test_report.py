@@ -205,6 +205,28 @@ def test_a_deeper_net_that_tests_worse_and_trains_worse_within_noise_is_not_call
     assert text.startswith("Deeper residual nets test worse: no (resnet20 → resnet56: test error 24.50"), text
 
 
+def test_curves_of_a_study_without_depth_pairs_get_one_panel_per_compared_axis():
+    from ablate.report.plots import _panels
+
+    def summary(shortcut, activation, scale=1.0):
+        params = {"model.n": 9, "model.shortcut": shortcut, "model.activation": activation,
+                  "model.residual_scale": scale, "depth": 56}
+        return ConfigSummary(f"{shortcut}-{activation}", f"{shortcut}-{activation}", params, (), {})
+
+    identity = summary("B", "original")
+    configs = [identity, summary("scaled", "original", 0.5), summary("gated", "original"),
+               summary("B", "full_preact"), summary("B", "bn_after_add")]
+    study = {"constraints": {"set": [{"when": {"model.shortcut": ["scaled"]}, "then": {"model.residual_scale": 0.5}}]}}
+    along, panels = _panels(configs, study)
+    assert along == ""
+    assert [[s.label for s in panel] for panel in panels] == [
+        ["B-original", "gated-original", "scaled-original"],  # shortcuts, residual_scale going with `scaled`
+        ["B-bn_after_add", "B-full_preact", "B-original"],  # placements; the identity unit is in both
+    ]
+    depth_pairs = [summary("B", "original"), ConfigSummary("b20", "b20", {**identity.params, "model.n": 3}, (), {})]
+    assert _panels(depth_pairs, None)[0] == "model.n"
+
+
 def test_settings_the_study_ties_to_depth_do_not_split_a_family(store):
     assert coupled_keys(DEPTH_YAML, "model.n") == {"trainer.warmup.policy"}
     assert coupled_keys(DEPTH_YAML, "model.shortcut") == set() and coupled_keys(None, "model.n") == set()

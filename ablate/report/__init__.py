@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ablate.errors import UserError
-from ablate.report.aggregate import ConfigSummary, coupled_keys, summarize
+from ablate.report.aggregate import ConfigSummary, summarize
 from ablate.report.answer import answer, best_summary, finding_record, seeds_clause
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
@@ -135,7 +135,7 @@ def _figures(
                                               best_group=best),
         }
     return {
-        "curves": plot_curves(summaries, folder / FIGURES["curves"], coupled=coupled_keys(records.study, "model.n")),
+        "curves": plot_curves(summaries, folder / FIGURES["curves"], study=records.study),
         "responses": plot_layer_responses(summaries, folder / FIGURES["responses"]),
     }
 

@@ -7,13 +7,23 @@ pyplot state, so reports can be made on a headless machine and from several thre
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ablate.report.aggregate import ConfigSummary, describe, differing_keys, mean_curve, mean_responses, partition
+from ablate.report.aggregate import (
+    ConfigSummary,
+    comparison_sets,
+    coupled_keys,
+    describe,
+    differing_keys,
+    mean_curve,
+    mean_responses,
+    partition,
+)
 
 __all__ = ["plot_curves", "plot_layer_responses"]
 
@@ -32,49 +42,95 @@ def _set_margins(figure: Figure, *, left=0.7, right=0.2, top=0.75, bottom=0.55) 
     )
 
 
-def plot_curves(summaries: Sequence[ConfigSummary], path: Path, *, coupled: Iterable[str] = ()) -> Path | None:
-    """Fig. 6: error (%) against iterations; training error dashed, test error solid; one colour per depth.
+_AXIS_WORDS = {
+    "model.shortcut": "shortcut options",
+    "model.block": "block types",
+    "model.activation": "BN/ReLU placements",
+    "trainer.warmup.policy": "warm-up policies",
+}
 
-    One panel per family of configurations that differ only in depth and the ``coupled`` keys that
-    follow it (so plain and residual nets, or shortcut options, sit in separate panels); each line
-    is the mean over the seeds in the means.
+
+def _panels(summaries: Sequence[ConfigSummary], study: Mapping[str, Any] | None) -> tuple[str, list[list[ConfigSummary]]]:
+    """The axis the panels compare along, and the panels.
+
+    Depth families (Fig. 6) when one holds two depths; else, for each other compared axis, the sets of
+    configurations that differ only in it (a configuration may sit in two panels, as the reference of
+    both); else one panel per configuration.
+    """
+    families = partition(summaries, "model.n", coupled=coupled_keys(study, "model.n"))
+    if any(len(family) > 1 for family in families):
+        return "model.n", families
+    panels = [part for axis in _AXIS_WORDS for part in comparison_sets(summaries, axis, coupled=coupled_keys(study, axis))]
+    return ("", panels) if panels else ("model.n", families)
+
+
+def _panel_axis(panel: Sequence[ConfigSummary]) -> str | None:
+    """The one compared axis whose values differ within ``panel`` (None for depth panels and singletons)."""
+    differing = [axis for axis in _AXIS_WORDS if len({str(s.params.get(axis)) for s in panel}) > 1]
+    return differing[0] if len(differing) == 1 else None
+
+
+def plot_curves(
+    summaries: Sequence[ConfigSummary], path: Path, *, study: Mapping[str, Any] | None = None
+) -> Path | None:
+    """Fig. 6: error (%) against iterations; training error dashed, test error solid.
+
+    Panels (:func:`_panels`): one per family of configurations that differ only in depth (and the settings
+    ``study``'s ``constraints.set`` ties to it), one colour per depth; a study without depth pairs gets one
+    panel per compared axis instead (shortcut options, BN/ReLU placements, warm-up policies), one colour per
+    configuration. Each line is the mean over the seeds in the means.
     Returns ``path``, or None when no trial logged a training or test error history.
     """
-    families = [
-        family
-        for family in partition(summaries, "model.n", coupled=coupled)
-        if any(mean_curve(s.used, m) for s in family for m in ("train_error", "test_error"))
+    along, panels = _panels(summaries, study)
+    panels = [
+        panel for panel in panels if any(mean_curve(s.used, m) for s in panel for m in ("train_error", "test_error"))
     ]
-    if not families:
+    if not panels:
         return None
-    depths = sorted({s.depth for family in families for s in family if s.depth is not None})
-    colours = {depth: f"C{i % 10}" for i, depth in enumerate(depths)}
-    title_keys = differing_keys([family[0] for family in families], ignore=["model.n", *coupled])
+    if along == "model.n":
+        depths = sorted({s.depth for panel in panels for s in panel if s.depth is not None})
+        colours = {depth: f"C{i % 10}" for i, depth in enumerate(depths)}
+        colour_of = lambda summary: colours.get(summary.depth, "k")  # noqa: E731
+        title_keys = differing_keys([panel[0] for panel in panels], ignore=["model.n", *coupled_keys(study, "model.n")])
+    else:
+        labels = list(dict.fromkeys(s.label for panel in panels for s in panel))
+        colour_of = lambda summary: f"C{labels.index(summary.label) % 10}"  # noqa: E731
 
-    columns = min(len(families), 3)
-    rows = math.ceil(len(families) / columns)
+    columns = min(len(panels), 3)
+    rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(_PANEL[0] * columns, _PANEL[1] * rows + 0.4))
     _set_margins(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, family in zip(axes, families):
-        for summary in family:
-            colour = colours.get(summary.depth, "k")
+    for ax, panel in zip(axes, panels):
+        for summary in panel:
             label = summary.label + (" (partial)" if summary.partial else "")  # on the first line drawn only
             for metric, style in (("test_error", "-"), ("train_error", "--")):
                 curve = mean_curve(summary.used, metric)
                 if curve is not None:
-                    ax.plot(curve.steps, [100 * v for v in curve.values], style, color=colour, lw=1.4, label=label)
+                    ax.plot(curve.steps, [100 * v for v in curve.values], style, color=colour_of(summary), lw=1.4,
+                            label=label)
                     label = None
-        ax.set_title(describe(family[0], title_keys) or "all configurations", fontsize=10)
+        ax.set_title(_title(panel, summaries, study) if along != "model.n"
+                     else describe(panel[0], title_keys) or "all configurations", fontsize=10)
         ax.set_xlabel("iterations")
         ax.set_ylabel("error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in axes[len(families) :]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     figure.suptitle("Training curves: dashed = training error, solid = test error", fontsize=11)
     figure.savefig(path, dpi=_DPI)
     return path
+
+
+def _title(panel: Sequence[ConfigSummary], summaries: Sequence[ConfigSummary], study: Mapping[str, Any] | None) -> str:
+    """``"shortcut options (activation original)"``: the panel's axis and what its configurations share."""
+    axis = _panel_axis(panel)
+    if axis is None:
+        return describe(panel[0], differing_keys(summaries)) or "all configurations"
+    keys = differing_keys(summaries, ignore=[axis, *coupled_keys(study, axis)])
+    shared = [key for key in keys if len({str(s.params.get(key)) for s in panel}) == 1]
+    return _AXIS_WORDS[axis] + (f" ({describe(panel[0], shared)})" if shared else "")
 
 
 def plot_layer_responses(summaries: Sequence[ConfigSummary], path: Path) -> Path | None:
