@@ -284,19 +284,7 @@ def _bench(args) -> int:
         workers=args.workers, trials=args.trials,
     )
     print(json.dumps(result) if args.json else format_bench(result))
-    _save_rate(result, args.model)
     return 0
-
-
-def _save_rate(result: dict, model: str) -> None:
-    """Keep the trainer's measured FLOP/s for the estimates of `ablate plan` and `ablate run` on this device."""
-    import time
-
-    from ablate.estimate import Rate, save_rate
-    from ablate.models import count_macs, model_spec
-
-    flops = 6 * count_macs(model_spec(model)) * result["images_per_s"]
-    save_rate(Rate(flops, result["device_name"], "ablate bench", time.strftime("%Y-%m-%d %H:%M")))
 
 
 if __name__ == "__main__":

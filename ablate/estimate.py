@@ -6,16 +6,18 @@
 - evaluation: ``2 * macs * images`` per evaluation (validation split + test set), one evaluation
   every ``trainer.eval_every`` iterations (else every epoch) and one at the end;
 - rate: training FLOP/s of the shared trainer on the device the trials would use (CUDA when the study
-  asks for a GPU and there is one, else the CPU), all of it shared by the trials that run at once.
-  Taken from the last ``ablate bench`` on this device (kept in :func:`rate_file`: ``$ABLATE_DATA_DIR``
-  or ``~/.cache/ablate``, ``throughput.json``), else measured by a short calibration (a few steps of
-  ResNet-20 at batch 64, a few seconds; on a CPU timed in CPU seconds, so a busy machine does not
-  make the study look longer than it is once it has the machine). A calibration is not kept: one
-  taken on a busy machine would skew every later estimate; ``ablate bench`` is the deliberate
-  measurement.
+  asks for a GPU and there is one, else the CPU), measured by a short calibration on the study's own
+  cheapest net at its batch size (a few steps on synthetic images of its data set's shape, a few
+  seconds): small nets run at a fraction of a big net's FLOP/s, and the cheapest is the least efficient,
+  so the estimate errs long. On a CPU timed in CPU seconds on one thread, times the cores, so a busy
+  machine does not make the study look longer than it is once it has the machine; shared by the trials
+  that run at once (a study that uses fewer cores than the machine has gets that share of the rate);
+- start: :data:`TRIAL_START_S` per trial, over the trials that run at once.
 
-It is a rough guide, good to a factor of about two: a small net uses a device less well than
-ResNet-20 does, a big one better, and it leaves out starting Ray and the workers (tens of seconds).
+Measured against real runs on a 2-core Xeon with other jobs running (calibrations there varied by about
+20 % with the load): quickstart estimated 3 min 50 s to 4 min 40 s, run in 4 min 13 s; unit_variants 33 to
+41 min against 31 min; depth_sweep 42 to 50 min against 29 min. A rough guide, then, that errs long; it
+leaves out starting Ray (10-20 s).
 A sampled search is costed as ``num_samples x seeds`` runs of its base configuration, every one to
 the end (ASHA may stop some early).
 
@@ -23,26 +25,28 @@ Example::
 
     >>> from ablate.study import load_study
     >>> print(format_estimate(estimate(load_study("studies/quickstart.yaml"))))  # doctest: +SKIP
-    estimated wall time here: 2 min 10 s (0.0071 PFLOP at 55 GFLOP/s, Intel(R) Xeon(R) ..., 2 cores; ablate bench)
+    estimated wall time here: 4 min 5 s (0.00898 PFLOP at 51.9 GFLOP/s on Intel(R) Xeon(R) Processor, 2 cores; calibration on plain8-w8 ...)
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 from ablate.config import TrainConfig
-from ablate.data.sources import cache_dir
-from ablate.study import Study, plan_rows
 from ablate.data.catalog import data_source
+from ablate.study import Study, plan_rows
 from ablate.study.plan import eval_images, train_iterations, training_images
 
-__all__ = ["DAY", "Estimate", "Rate", "estimate", "format_duration", "format_estimate", "rate_file", "save_rate"]
+__all__ = ["DAY", "TRIAL_START_S", "Estimate", "Rate", "estimate", "format_duration", "format_estimate"]
 
 DAY = 86_400.0  # seconds; `ablate run` asks for --yes above this
+# Seconds a trial takes beyond its training and evaluation (a Ray worker starts, imports torch, loads the
+# data, builds the net, checkpoints): the quickstart's 12 trials, 2 at a time, ran 253 s on a 2-core Xeon
+# against 173 s of training and evaluation at the calibrated rate, about 13 s per trial and slot.
+TRIAL_START_S = 12.0
 CALIBRATION = {"model": "resnet20", "batch_size": 64, "warmup_steps": 2, "steps": 6}  # a few seconds on a CPU core
 
 
@@ -63,36 +67,16 @@ class Estimate:
     rate: Rate
 
 
-def rate_file() -> Path:
-    return cache_dir() / "throughput.json"
-
-
-def save_rate(rate: Rate) -> None:
-    """Keep ``rate`` as this device's figure (one per device name), for plans and runs to come."""
-    path = rate_file()
-    try:
-        rates = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        rates = {}
-    rates[rate.device] = asdict(rate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rates, indent=2))
-
-
-def _saved_rate(device: str) -> Rate | None:
-    try:
-        return Rate(**json.loads(rate_file().read_text())[device])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _calibrate(device: str) -> Rate:
+def _calibrate(device: str, config: TrainConfig | None = None) -> Rate:
     """A few timed steps of the shared trainer on ``device`` (``cpu`` | ``cuda``).
 
-    On a CPU the steps run on one thread, timed in CPU seconds, times the cores torch would use: the
-    rate of the machine when the study has it to itself, whatever else runs during the calibration
-    (wall time, or CPU time of several threads that spin while waiting for each other, would measure
-    the load instead).
+    ``config``: a trial of the study, whose net, batch size, image shape and arithmetic are measured
+    (on synthetic images of the same shape); else :data:`CALIBRATION`'s ResNet-20. A small net trains
+    at a far lower FLOP/s than ResNet-20 (the quickstart's width-8 nets at about a fifth), so a study is
+    measured on its own net. On a CPU the steps run on one thread, timed in CPU seconds, times the
+    cores torch would use: the rate of the machine when the study has it to itself, whatever else runs
+    during the calibration (wall time, or CPU time of several threads that spin while waiting for each
+    other, would measure the load instead).
     """
     import torch
 
@@ -101,8 +85,13 @@ def _calibrate(device: str) -> Rate:
     from ablate.trainer import train
 
     c = CALIBRATION
-    config = bench_config(c["model"], batch_size=c["batch_size"], steps=c["steps"], warmup_steps=c["warmup_steps"],
-                          device=device)
+    if config is None:
+        config = bench_config(c["model"], batch_size=c["batch_size"], steps=c["steps"],
+                              warmup_steps=c["warmup_steps"], device=device)
+    else:
+        config = _calibration_config(config, device)
+    batch = config.trainer.batch_size
+    facts = data_source(config.data)
     if device == "cuda":
         images_per_s = measure_trainer(config)["images_per_s"]
     else:
@@ -114,18 +103,30 @@ def _calibrate(device: str) -> Rate:
         finally:
             torch.set_num_threads(cores)
         (first, start), (last, end) = stamps[0], stamps[-1]
-        images_per_s = (last - first) * c["batch_size"] / max(end - start, 1e-9) * cores
-    flops = 6 * count_macs(config.model) * images_per_s
-    return Rate(flops, device_name(torch.device(device)), "calibration", time.strftime("%Y-%m-%d %H:%M"))
+        images_per_s = (last - first) * batch / max(end - start, 1e-9) * cores
+    macs = count_macs(config.model, in_channels=facts.in_channels, num_classes=facts.num_classes,
+                      image_size=facts.image_size)
+    return Rate(6 * macs * images_per_s, device_name(torch.device(device)), f"calibration on {config.model.name}",
+                time.strftime("%Y-%m-%d %H:%M"))
 
 
-def device_rate(device: str) -> Rate:
-    """This device's rate: the one the last ``ablate bench`` saved, else calibrated now."""
-    import torch
+def _calibration_config(config: TrainConfig, device: str) -> TrainConfig:
+    """``config``'s net, batch size and arithmetic for ``warmup_steps + steps`` iterations of synthetic images of
+    its data set's shape, with one report after the warm-up (the trainer evaluates a tiny test set there)."""
+    from ablate.bench import TEST_IMAGES
 
-    from ablate.bench import device_name
-
-    return _saved_rate(device_name(torch.device(device))) or _calibrate(device)
+    c, facts, trainer = CALIBRATION, data_source(config.data), config.trainer
+    iterations = c["warmup_steps"] + c["steps"]
+    data = config.data.model_copy(update={
+        "name": "synthetic", "synthetic_shape": facts.shape, "synthetic_classes": facts.num_classes,
+        "synthetic_train": trainer.batch_size * iterations, "synthetic_test": TEST_IMAGES, "val_size": 0,
+        "train_size": None, "test_size": None,
+    })
+    trainer = trainer.model_copy(update={
+        "iterations": iterations, "epochs": None, "eval_every": c["warmup_steps"], "schedule": "constant",
+        "device": device, "warmup": trainer.warmup.model_copy(update={"policy": "none"}),
+    })
+    return config.model_copy(update={"data": data, "trainer": trainer})
 
 
 def trial_flops(config: TrainConfig, macs: int) -> float:
@@ -161,10 +162,22 @@ def study_device(study: Study) -> str:
 
 
 def estimate(study: Study, *, rate: Rate | None = None, rows: list[dict] | None = None) -> Estimate:
-    """The study's estimated wall time on this machine (``rate``: this device's, measured if not given)."""
-    rate = rate or device_rate(study_device(study))
+    """The study's estimated wall time on this machine.
+
+    ``rate``: the training FLOP/s to assume; else calibrated on the study's cheapest net (the lowest FLOP/s
+    of its nets, so the estimate errs long), plus :data:`TRIAL_START_S` per trial.
+    """
+    rows = rows if rows is not None or study.sampled else plan_rows(study)
+    if rate is None:
+        cheapest = study.base if study.sampled else min(zip(study.trials(), rows), key=lambda tr: tr[1]["macs"])[0].config
+        rate = _calibrate(study_device(study), cheapest)
     flops = study_flops(study, rows)
-    return Estimate(flops / rate.flop_per_s, flops, rate)
+    cores = os.cpu_count() or 1
+    cpu = study.resources.cpu
+    slots = min(study.max_concurrent or study.num_trials, study.num_trials, max(1, int(cores // cpu)) if cpu else cores)
+    used = 1.0 if rate.device.startswith("NVIDIA") else min(1.0, slots * max(cpu, 1) / cores)  # of the CPU's cores
+    seconds = flops / (rate.flop_per_s * used) + study.num_trials * TRIAL_START_S / max(slots, 1)
+    return Estimate(seconds, flops, rate)
 
 
 def format_duration(seconds: float) -> str:

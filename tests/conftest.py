@@ -22,18 +22,16 @@ def ray_session():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def saved_training_rate(tmp_path_factory):
-    """The estimates of `ablate plan` / `ablate run` read a known rate for this CPU from a file of the session's
-    own (no calibration in every test, nothing written to ~/.cache): 10 GFLOP/s."""
+def calibrated_rate():
+    """The estimates of `ablate plan` / `ablate run` in this process assume a known rate for this CPU instead of
+    calibrating on every study (tests/test_estimate.py calibrates for real): 10 GFLOP/s."""
     import torch
 
     from ablate import estimate
     from ablate.bench import device_name
 
-    path = tmp_path_factory.mktemp("rates") / "throughput.json"
     patch = pytest.MonkeyPatch()
-    patch.setattr(estimate, "rate_file", lambda: path)
     rate = estimate.Rate(1e10, device_name(torch.device("cpu")), "test", "2026-11-22 00:00")
-    estimate.save_rate(rate)
+    patch.setattr(estimate, "_calibrate", lambda device, config=None: rate)
     yield rate
     patch.undo()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ablate import estimate
+from ablate.estimate import _calibrate as REAL_CALIBRATE  # before conftest's fixture replaces it
 from ablate.cli import main
 from ablate.config import with_overrides
 from ablate.study import load_study, plan_rows
@@ -30,32 +32,27 @@ def test_trial_flops_count_training_and_every_evaluation():
                                               for t, r in zip(study.trials(), plan_rows(study)))
 
 
-def test_estimate_is_flops_over_the_saved_rate(saved_training_rate):
+def test_estimate_is_flops_over_the_rate_plus_the_trials_start(calibrated_rate):
     study = load_study(REPO / "studies/shortcuts.yaml")
     guess = estimate.estimate(study)
-    assert guess.rate == saved_training_rate  # no GPU here: the CPU's saved rate, no calibration
-    assert guess.seconds == pytest.approx(guess.flops / 1e10)
+    assert guess.rate == calibrated_rate  # no GPU here: the CPU's rate
+    start = study.num_trials * estimate.TRIAL_START_S
+    assert guess.flops / 1e10 < guess.seconds <= guess.flops / 1e10 * (os.cpu_count() or 1) + start
     assert guess.seconds > 30 * estimate.DAY  # 24 paper-length CIFAR runs on a CPU
     assert "days (" in estimate.format_estimate(guess) and "GFLOP/s" in estimate.format_estimate(guess)
     assert [estimate.format_duration(s) for s in (42, 130, 12_000, 3 * 86_400)] == [
         "42 s", "2 min 10 s", "3 h 20 min", "3.0 days"]
 
 
-def test_without_a_bench_figure_a_calibration_measures_the_trainer(tmp_path, monkeypatch):
-    monkeypatch.setattr(estimate, "rate_file", lambda: tmp_path / "throughput.json")
-    monkeypatch.setitem(estimate.CALIBRATION, "steps", 1)
-    monkeypatch.setitem(estimate.CALIBRATION, "batch_size", 8)
-    rate = estimate.device_rate("cpu")
-    assert rate.source == "calibration" and rate.flop_per_s > 1e6
-    assert not (tmp_path / "throughput.json").exists()  # only `ablate bench` keeps a figure
-
-
-def test_bench_keeps_its_figure_for_the_estimates(tmp_path, monkeypatch):
-    from ablate.cli import _save_rate
-
-    monkeypatch.setattr(estimate, "rate_file", lambda: tmp_path / "throughput.json")
-    _save_rate({"images_per_s": 1000.0, "device_name": "cpu, 2 cores"}, "resnet20")
-    assert estimate._saved_rate("cpu, 2 cores").flop_per_s == pytest.approx(6 * 40_551_040 * 1000)
+def test_the_rate_is_calibrated_on_the_study_s_cheapest_net(monkeypatch):
+    monkeypatch.setattr(estimate, "_calibrate", REAL_CALIBRATE)
+    monkeypatch.setitem(estimate.CALIBRATION, "steps", 2)
+    study = load_study(REPO / "studies/quickstart.yaml")
+    guess = estimate.estimate(study)
+    assert guess.rate.source == "calibration on plain8-w8"  # of plain8, plain32, resnet8, resnet32 (width 8)
+    assert guess.rate.flop_per_s > 1e8
+    config = estimate._calibration_config(study.trials()[0].config, "cpu")
+    assert (config.data.name, config.data.synthetic_shape, config.trainer.batch_size) == ("synthetic", (1, 28, 28), 64)
 
 
 def test_plan_prints_the_estimate_and_run_wants_yes_beyond_a_day(tmp_path, capsys):
