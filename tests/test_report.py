@@ -203,6 +203,10 @@ def test_a_deeper_net_that_tests_worse_and_trains_worse_within_noise_is_not_call
     text = answer([shallow, same], diagnose([shallow, same], metric="test_error", tolerance=TOLERANCE),
                   metric="test_error", mode="min", tolerance=TOLERANCE)
     assert text.startswith("Deeper residual nets test worse: no (resnet20 → resnet56: test error 24.50"), text
+    better = summary(9, [0.20, 0.21, 0.22], [0.20, 0.205, 0.21])  # a gain on both errors
+    text = answer([shallow, better], diagnose([shallow, better], metric="train_error", tolerance=TOLERANCE),
+                  metric="train_error", mode="min", tolerance=TOLERANCE)
+    assert text.startswith("Deeper residual nets train and test better: yes (resnet20 → resnet56: training error"), text
 
 
 def test_curves_of_a_study_without_depth_pairs_get_one_panel_per_compared_axis():

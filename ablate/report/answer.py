@@ -84,6 +84,8 @@ def _depth_clauses(findings: Sequence[Finding], tolerance: Tolerance, metric: st
         elif widest.verdict == "tests worse":
             claim = "test worse: yes, and train worse within the seeds' spread"
             numbers = f"{_change(test, 'test_error')}; {_change(train, 'train_error')}"
+        elif widest.verdict == "gain" and train.direction(tolerance) == "lower":
+            claim, numbers = "train and test better: yes", f"{_change(train, 'train_error')}; {_change(test, 'test_error')}"
         elif widest.verdict == "gain":
             claim, numbers = "test better: yes", _change(test, "test_error")
         elif metric == "test_error" and widest.verdict == "no clear difference":  # the study asks about test error
