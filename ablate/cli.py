@@ -235,10 +235,9 @@ def _run(args) -> int:
     from ablate.study import load_study
 
     study = load_study(args.study, args.overrides)
-    _check_duration(study, args)
     return run_study(
         study, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
-        storage_path=args.storage_path,
+        storage_path=args.storage_path, confirm=lambda checked: _check_duration(checked, args),
     )
 
 

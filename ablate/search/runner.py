@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,6 +71,7 @@ def run_study(
     address: str | None = None,
     tracking_uri: str | None = None,
     storage_path: str | os.PathLike | None = None,
+    confirm: Callable[[Study], None] | None = None,
 ) -> int:
     """Run ``study`` on Ray Tune and record it in MLflow; returns the exit status.
 
@@ -78,7 +79,9 @@ def run_study(
     with nothing to resume; 130: interrupted (``resume=True`` continues without redoing ended trials).
     ``address`` (else $RAY_ADDRESS, else a local Ray) is used only when this process runs no Ray yet;
     ``storage_path`` defaults to ``<project root>/ray_results``, ``tracking_uri`` to
-    :func:`ablate.tracking.layout.default_tracking_uri`.
+    :func:`ablate.tracking.layout.default_tracking_uri`. ``confirm`` is called once the inputs are checked
+    (data, cluster address), before anything is written or started; it raises to stop (the CLI's wall-time
+    check).
 
     Example::
 
@@ -97,6 +100,8 @@ def run_study(
         return EXIT_USAGE
     target = _cluster_address(address)
     _check_data(study)
+    if confirm is not None:
+        confirm(study)
     writer = StudyWriter(tracking_uri)  # the store checked (TrackingError) before anything moves or starts
     if not resume:
         _set_aside(experiment)
