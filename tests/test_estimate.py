@@ -61,7 +61,7 @@ def test_plan_prints_the_estimate_and_run_wants_yes_beyond_a_day(tmp_path, capsy
 
     long = tmp_path / "long.yaml"
     long.write_text(yaml.safe_dump({
-        "name": "long", "question": "?", "data": {"name": "synthetic"}, "trainer": {"iterations": 10_000_000},
+        "name": "long", "question": "?", "data": {"name": "synthetic", "val_size": 100}, "trainer": {"iterations": 10_000_000},
         "resources": {"cpu": 1, "gpu": 0},
     }))
     db = tmp_path / "mlflow.db"
