@@ -40,6 +40,8 @@ from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
 from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
 from ablate.study import Study, train_iterations
+from ablate.tracking.layout import default_tracking_uri
+from ablate.tracking.store import check_store
 from ablate.tracking.writer import StudyWriter
 
 __all__ = ["ClusterError", "EXIT_FAILED_TRIALS", "EXIT_INTERRUPTED", "EXIT_USAGE", "MAX_FAILURES", "run_study"]
@@ -100,7 +102,9 @@ def run_study(
         return EXIT_USAGE
     target = _cluster_address(address)
     _check_data(study)
+    tracking_uri = tracking_uri or default_tracking_uri()
     if confirm is not None:
+        check_store(tracking_uri)  # a bad store is named before the question
         confirm(study)
     writer = StudyWriter(tracking_uri)  # the store checked (TrackingError) before anything moves or starts
     if not resume:

@@ -35,7 +35,7 @@ from ablate.errors import UserError
 from ablate.metrics import Status
 from ablate.tracking import layout
 
-__all__ = ["PROBE_RETRIES", "PROBE_TIMEOUT_S", "TrackingError", "close_abandoned_runs", "driver_id", "open_store"]
+__all__ = ["PROBE_RETRIES", "PROBE_TIMEOUT_S", "TrackingError", "check_store", "close_abandoned_runs", "driver_id", "open_store"]
 
 PROBE_TIMEOUT_S = 10  # seconds per HTTP request while checking a tracking server
 PROBE_RETRIES = 1  # retries of that request: a server that does not answer fails in about 25 s
@@ -79,6 +79,15 @@ def open_store(tracking_uri: str) -> MlflowClient:
     except (MlflowException, SQLAlchemyError, OSError) as err:
         raise TrackingError(f"tracking store {tracking_uri}: {_reason(err, tracking_uri)}") from None
     return client
+
+
+def check_store(tracking_uri: str) -> None:
+    """:func:`open_store`'s checks, without creating a SQLite store that does not exist yet (the study creates
+    it when it starts; a run refused before then leaves nothing behind)."""
+    database = layout.sqlite_path(tracking_uri)
+    if database is not None and not database.exists():
+        return
+    open_store(tracking_uri)
 
 
 @contextmanager
