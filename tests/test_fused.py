@@ -50,7 +50,8 @@ def alone(config: TrainConfig) -> tuple[dict, ...]:
     return tuple(seen)
 
 
-def assert_same_run(fused: list[dict], solo: list[dict] | tuple[dict, ...]) -> None:
+def assert_same_run(fused: list[dict], solo: list[dict] | tuple[dict, ...], *, loss_rtol: float = LOSS_RTOL,
+                    grad_norm_rtol: float = GRAD_NORM_RTOL) -> None:
     """Report by report: the same keys, counters and lr; losses, errors, norms within the tolerances."""
     assert [m["iteration"] for m in fused] == [m["iteration"] for m in solo]
     for f, s in zip(fused, solo):
@@ -59,11 +60,11 @@ def assert_same_run(fused: list[dict], solo: list[dict] | tuple[dict, ...]) -> N
         if math.isnan(s["train_loss"]):
             assert math.isnan(f["train_loss"])
             continue
-        assert f["train_loss"] == pytest.approx(s["train_loss"], rel=LOSS_RTOL)
+        assert f["train_loss"] == pytest.approx(s["train_loss"], rel=loss_rtol)
         for key in ("train_error", "val_error", "test_error"):
             assert f.get(key) == pytest.approx(s.get(key), abs=1.01 / 64), key  # at most one image apart
         for key in (k for k in s if k.startswith("grad_norm/")):
-            assert f[key] == pytest.approx(s[key], rel=GRAD_NORM_RTOL), key
+            assert f[key] == pytest.approx(s[key], rel=grad_norm_rtol), key
         if "layer_responses" in s:
             assert f["layer_responses"]["names"] == s["layer_responses"]["names"]
             assert f["layer_responses"]["std"] == pytest.approx(s["layer_responses"]["std"], rel=RESPONSE_RTOL)
