@@ -406,8 +406,9 @@ class _FusedRun:
         errors = _evaluate(self._forward_eval, self.net, self.val_data, self.test_data, t.eval_batch_size,
                            self.autocast)
         finished = self.iteration == self.total
-        for j, m in enumerate(self.active):
-            self.stack.unstack_into(j, m.model, m.optimizer)
+        if finished or self.checkpoint_dir is not None:  # the plain copies serve checkpoints and responses
+            for j, m in enumerate(self.active):
+                self.stack.unstack_into(j, m.model, m.optimizer)
         for member, metrics in members:
             position = self.active.index(member)
             metrics |= {key: values[position] for key, values in errors.items()}
