@@ -239,7 +239,7 @@ def _measure_fused(config: TrainConfig, fuse: int) -> dict[str, Any]:
     reports: list[list[dict]] = [[] for _ in range(fuse)]
     configs = [config.model_copy(update={"seed": seed}) for seed in range(fuse)]
     results = train_fused(configs, [seen.append for seen in reports])
-    if any(r.status != "finished" for r in results):
+    if any(r.status != Status.FINISHED for r in results):
         raise RuntimeError(f"bench: fused runs ended with {[r.status for r in results]} on {config.model.name}")
     images, seconds = _timed(reports[0], config.trainer.batch_size)  # every member trains the same steps
     return {"images_per_s": fuse * images / seconds, "peak_memory_mb": _peak_memory_mb(device)}

@@ -43,6 +43,9 @@ iterations -> one SGD step over the flat parameter vector with per-element lr, m
 decay, the arithmetic of ``torch.optim.SGD`` (d = g + wd p; buf = m buf + d; p -= lr (d + m buf if
 nesterov else buf)).
 
+Random numbers inside the network (the ``dropout`` shortcut) are drawn per member
+(``randomness="different"``), so such members match their runs alone in distribution, not bit for bit.
+
 Checkpoints: ``checkpoint_dir/member<i>/checkpoint.pt``, each in the format ``train`` writes, so a
 member can also be resumed alone by ``train``. A member that diverged keeps a checkpoint whose history
 ends with its ``diverged`` report; resuming the group leaves it ended.
@@ -64,8 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ablate.config import TrainConfig, flatten
+from ablate.config import ConfigError, TrainConfig, flatten
 from ablate.data import load_dataset
+from ablate.metrics import LAYER_RESPONSES, STATUS, Status
 from ablate.models import build_model
 from ablate.schedule import PaperWarmup, learning_rate
 from ablate.trainer import (
@@ -76,6 +80,7 @@ from ablate.trainer import (
     _epoch_batches,
     _evaluate,
     _load_checkpoint,
+    _optimizer,
     _Position,
     _save_checkpoint,
     _sync,
@@ -108,14 +113,14 @@ def fuse_key(config: TrainConfig) -> tuple:
 
 
 def check_fusable(configs: Sequence[TrainConfig]) -> None:
-    """ValueError naming the first key in which two configs differ that fused training cannot mix."""
+    """ConfigError naming the first key in which two configs differ that fused training cannot mix."""
     if not configs:
-        raise ValueError("train_fused needs at least one config")
+        raise ConfigError("train_fused needs at least one config")
     first = flatten(configs[0])
     for index, config in enumerate(configs[1:], start=1):
         for key, value in flatten(config).items():
             if not _fusable(key) and value != first[key]:
-                raise ValueError(
+                raise ConfigError(
                     f"cannot fuse config 0 with config {index}: they differ in {key} ({first[key]!r} vs {value!r}); "
                     f"fused runs may differ only in {', '.join(k.rstrip('.') for k in FUSABLE_KEYS)}"
                 )
@@ -258,13 +263,13 @@ def train_fused(
 ) -> list[TrainResult]:
     """Train ``configs`` fused, calling ``reports[i](metrics)`` as ``train(configs[i], reports[i])`` would.
 
-    The configs may differ only in :data:`FUSABLE_KEYS` (ValueError otherwise). ``checkpoint_dir``:
+    The configs may differ only in :data:`FUSABLE_KEYS` (ConfigError otherwise). ``checkpoint_dir``:
     every member's ``checkpoint.pt`` under ``member_dir(checkpoint_dir, i)``, written before each report
     point; ``resume_from``: a folder of such checkpoints. Returns one :class:`TrainResult` per config.
     """
     configs = list(configs)
     if len(reports) != len(configs):
-        raise ValueError(f"train_fused needs one report callback per config, got {len(reports)} for {len(configs)}")
+        raise ConfigError(f"train_fused needs one report callback per config, got {len(reports)} for {len(configs)}")
     check_fusable(configs)
     t = configs[0].trainer
     device = resolve_device(t.device)
@@ -288,7 +293,7 @@ class _FusedRun:
         dims = dict(in_channels=splits.in_channels, num_classes=splits.num_classes)
         self.train_data, self.val_data, self.test_data = _device_splits(splits, device, channels_last)
         self.batches_per_epoch = self.train_data.batches_per_epoch(t.batch_size)
-        self.total = t.epochs * self.batches_per_epoch if t.epochs else t.iterations
+        self.total = t.run_length(self.batches_per_epoch)
         self.eval_every = t.eval_every or self.batches_per_epoch
         self.members: list[_Member] = []
         for index, (config, report) in enumerate(zip(configs, reports)):
@@ -296,21 +301,19 @@ class _FusedRun:
             model = build_model(config.model, **dims).to(device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            c = config.trainer
-            optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
-                                        weight_decay=c.weight_decay, nesterov=c.nesterov)
-            generator = torch.Generator().manual_seed(config.seed)
-            pos, warmup = _Position(), PaperWarmup.start(c)
+            optimizer = _optimizer(model, config)  # train()'s, for its checkpoint format; the stack steps
+            generator = torch.Generator().manual_seed(config.seed)  # replaced by the checkpoint's on resume
+            pos, warmup = _Position(), PaperWarmup.start(config.trainer)
             if resume_from is not None:
-                pos, warmup = _load_checkpoint(member_dir(resume_from, index), model, optimizer, generator)
+                pos, warmup = _load_checkpoint(member_dir(resume_from, index), model, optimizer)
             batches = _epoch_batches(self.train_data, t.batch_size, generator, config.data.augment, pos)
             member = _Member(index, config, report, model, optimizer, pos, warmup, batches)
-            if pos.history and pos.history[-1]["status"] == "diverged":  # ended before the checkpoint
-                member.result = TrainResult("diverged", pos.history)
+            if pos.history and pos.history[-1][STATUS] == Status.DIVERGED:  # ended before the checkpoint
+                member.result = TrainResult(Status.DIVERGED, pos.history)
             self.members.append(member)
         self.active = [m for m in self.members if m.result is None]
         if len({m.pos.iteration for m in self.active}) > 1:
-            raise ValueError(f"{resume_from}: the members' checkpoints are at different iterations; cannot resume fused")
+            raise ConfigError(f"{resume_from}: the members' checkpoints are at different iterations; cannot resume fused")
         self.iteration = self.active[0].pos.iteration if self.active else self.total
         self.wall_time = max((m.pos.wall_time for m in self.active), default=0.0)
 
@@ -319,7 +322,7 @@ class _FusedRun:
         self.parts = _part_params(self.members[0].model)
         self.stack = _Stack.of([m.model for m in self.active], [m.optimizer for m in self.active]) if self.active else None
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-        step = torch.vmap(self._member_step, in_dims=(0, 0, 1, 0))
+        step = torch.vmap(self._member_step, in_dims=(0, 0, 1, 0), randomness="different")
         evaluate = torch.vmap(self._member_logits, in_dims=(0, 0, None))
         if t.compile:
             step, evaluate = torch.compile(step, mode=t.compile_mode), torch.compile(evaluate, mode=t.compile_mode)
@@ -397,7 +400,7 @@ class _FusedRun:
                 window.reset()
                 self.net.train()
             tick = time.perf_counter()
-        return [m.result or TrainResult("finished", m.pos.history, m.pos.history[-1].get("layer_responses"))
+        return [m.result or TrainResult(Status.FINISHED, m.pos.history, m.pos.history[-1].get(LAYER_RESPONSES))
                 for m in self.members]
 
     def _evaluation_point(self, members: list[tuple[_Member, dict]]) -> None:
@@ -412,11 +415,11 @@ class _FusedRun:
         for member, metrics in members:
             position = self.active.index(member)
             metrics |= {key: values[position] for key, values in errors.items()}
-            metrics["status"] = "running"
+            metrics[STATUS] = Status.RUNNING
             if finished:
                 responses = layer_responses(member.model, self.test_data or self.val_data, t.eval_batch_size,
                                             self.autocast)
-                metrics |= {"status": "finished", "layer_responses": responses}
+                metrics |= {STATUS: Status.FINISHED, LAYER_RESPONSES: responses}
             member.pos.history.append(metrics)
             member.pos.wall_time = metrics["wall_time"]
             if self.checkpoint_dir is not None:
@@ -426,9 +429,9 @@ class _FusedRun:
             member.report(metrics)
 
     def _diverged(self, member: _Member, metrics: dict) -> None:
-        metrics["status"] = "diverged"
+        metrics[STATUS] = Status.DIVERGED
         member.pos.history.append(metrics)
-        member.result = TrainResult("diverged", member.pos.history)
+        member.result = TrainResult(Status.DIVERGED, member.pos.history)
         if self.checkpoint_dir is not None:  # marks the member as ended for a resumed group
             _save_checkpoint(member_dir(self.checkpoint_dir, member.index), member.model, member.optimizer,
                              member.pos, member.warmup)
