@@ -61,19 +61,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ablate.config import ConfigError, TrainConfig, flatten
+from ablate.config import FUSABLE_KEYS, ConfigError, TrainConfig, check_fusable, fuse_key
 from ablate.data import load_dataset
 from ablate.metrics import LAYER_RESPONSES, STATUS, Status
 from ablate.models import build_model
 from ablate.schedule import PaperWarmup, learning_rate
 from ablate.trainer import (
     DIVERGENCE_CHECK_EVERY,
+    ReportCallback,
     TrainResult,
     _deterministic,
     _device_splits,
@@ -91,39 +91,8 @@ from ablate.trainer import (
     speed_defaults,
 )
 
+# FUSABLE_KEYS, fuse_key and check_fusable live in ablate.config (studies pack trials by them without torch)
 __all__ = ["FUSABLE_KEYS", "check_fusable", "fuse_key", "member_dir", "train_fused"]
-
-# Flat config keys (and prefixes, ending in ".") in which the members of a fused group may differ:
-# everything that leaves the shapes, the data, the run length and the speed switches alone.
-FUSABLE_KEYS = (
-    "seed", "trainer.lr", "trainer.momentum", "trainer.weight_decay", "trainer.schedule", "trainer.milestones",
-    "trainer.gamma", "trainer.warmup.",
-)
-
-Report = Callable[[dict[str, Any]], None]
-
-
-def _fusable(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in FUSABLE_KEYS)
-
-
-def fuse_key(config: TrainConfig) -> tuple:
-    """What must be equal for two configs to train fused: the flat config without :data:`FUSABLE_KEYS`."""
-    return tuple(sorted((k, repr(v)) for k, v in flatten(config).items() if not _fusable(k)))
-
-
-def check_fusable(configs: Sequence[TrainConfig]) -> None:
-    """ConfigError naming the first key in which two configs differ that fused training cannot mix."""
-    if not configs:
-        raise ConfigError("train_fused needs at least one config")
-    first = flatten(configs[0])
-    for index, config in enumerate(configs[1:], start=1):
-        for key, value in flatten(config).items():
-            if not _fusable(key) and value != first[key]:
-                raise ConfigError(
-                    f"cannot fuse config 0 with config {index}: they differ in {key} ({first[key]!r} vs {value!r}); "
-                    f"fused runs may differ only in {', '.join(k.rstrip('.') for k in FUSABLE_KEYS)}"
-                )
 
 
 def member_dir(directory: str | os.PathLike, index: int) -> Path:
@@ -242,7 +211,7 @@ class _Member:
 
     index: int  # position in the caller's list (checkpoint folder member<index>)
     config: TrainConfig
-    report: Report
+    report: ReportCallback
     model: torch.nn.Module  # plain copy: checkpoints and layer responses
     optimizer: torch.optim.SGD  # plain SGD: the checkpoint format of ``train``
     pos: _Position
@@ -256,16 +225,20 @@ class _Member:
 
 def train_fused(
     configs: Sequence[TrainConfig],
-    reports: Sequence[Report],
+    reports: Sequence[ReportCallback],
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
+    after_reports: Callable[[], None] | None = None,
 ) -> list[TrainResult]:
     """Train ``configs`` fused, calling ``reports[i](metrics)`` as ``train(configs[i], reports[i])`` would.
 
     The configs may differ only in :data:`FUSABLE_KEYS` (ConfigError otherwise). ``checkpoint_dir``:
     every member's ``checkpoint.pt`` under ``member_dir(checkpoint_dir, i)``, written before each report
-    point; ``resume_from``: a folder of such checkpoints. Returns one :class:`TrainResult` per config.
+    point; ``resume_from``: a folder of such checkpoints. ``after_reports()``: called once after the
+    reports of each report point (an evaluation, or the divergence of some members), when every
+    member's checkpoint of that point is written: a Ray trial reports all its members there at once.
+    Returns one :class:`TrainResult` per config.
     """
     configs = list(configs)
     if len(reports) != len(configs):
@@ -280,7 +253,7 @@ def train_fused(
         # the head's adaptive_avg_pool2d meets vmap's per-member fallback for as_strided_ (see above)
         warnings.filterwarnings("ignore", message=".*batching rule for aten::as_strided_")
         run = _FusedRun(configs, reports, device, use_bf16, channels_last, checkpoint_dir, resume_from)
-        return run.train()
+        return run.train(after_reports or (lambda: None))
 
 
 class _FusedRun:
@@ -343,7 +316,7 @@ class _FusedRun:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def train(self) -> list[TrainResult]:
+    def train(self, after_reports: Callable[[], None]) -> list[TrainResult]:
         t, B = self.t, self.t.batch_size
         window = _FusedWindow(self.device, list(self.parts), len(self.active))
         warm_wrong = torch.zeros(len(self.active), dtype=torch.float64, device=self.device)
@@ -392,6 +365,7 @@ class _FusedRun:
                 self._diverged(self.active[j], metrics[j])
             if at_eval:
                 self._evaluation_point([(m, metrics[j]) for j, m in enumerate(self.active) if j not in ended])
+            after_reports()
             if ended:
                 keep = [j for j in range(len(self.active)) if j not in ended]
                 self._drop(keep, window)
