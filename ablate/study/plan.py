@@ -55,7 +55,8 @@ def plan_rows(study: Study) -> list[dict]:
     keys = [axis.key for axis in study.axes]
     keys += [key for rule in study.constraints.set for key in rule.then if key not in keys]
     costs: dict[str, tuple[int, int]] = {}  # group -> (params, macs)
-    packed = {id(trial): number for number, pack in enumerate(study.packs(), start=1) for trial in pack}
+    packs = study.packs() if study.fuse > 1 else []
+    packed = {id(trial): number for number, pack in enumerate(packs, start=1) for trial in pack}
     rows = []
     for trial in study.trials():
         config = trial.config
@@ -71,7 +72,7 @@ def plan_rows(study: Study) -> list[dict]:
         rows.append({
             "label": trial.label, "group": trial.group, "seed": trial.seed, "params": params, "macs": macs,
             "iterations": iterations, "train_flops": 6 * macs * iterations * config.trainer.batch_size,
-            **({"ray_trial": packed[id(trial)]} if study.fuse > 1 else {}),
+            **({"ray_trial": packed[id(trial)]} if packed else {}),
             **{key: _lookup(values, key) for key in keys},
         })
     return rows
