@@ -184,3 +184,46 @@ def test_a_fused_study_is_recorded_as_the_same_study_unfused(tmp_path, ray_sessi
             assert mine["responses"]["std"] == pytest.approx(solo["responses"]["std"], rel=RESPONSE_RTOL)
     statuses = sorted(record["status"][1] for record in fused.values())
     assert statuses == ["diverged", "diverged", "finished", "finished"]
+
+
+def _reports(experiment: Path) -> int:
+    """Reports written by the Ray trials of an experiment so far."""
+    return sum(len(path.read_text().splitlines()) for path in experiment.glob("*/result.json"))
+
+
+@pytest.mark.slow
+def test_an_interrupted_fused_study_resumes_from_its_member_checkpoints(tmp_path, ray_session):
+    import threading
+
+    from test_run import _interrupt_when
+
+    from ablate.search.runner import EXIT_INTERRUPTED
+
+    path = study_file(tmp_path, "fused_resume", seeds=[0, 1], fuse=4, space={"trainer.lr": [0.05, 1.0e20]})
+    study = load_study(path, ["trainer.iterations=80"])  # 8 evaluations
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray"
+    experiment = storage / "fused_resume"
+    threading.Thread(target=_interrupt_when, args=(lambda: _reports(experiment) >= 2,), daemon=True).start()
+    assert run_study(study, tracking_uri=uri, storage_path=storage) == EXIT_INTERRUPTED
+    before = {run.info.run_name: run for run in _children(uri, "fused_resume")}
+    assert sorted(run.data.tags[layout.TAG_STATUS] for run in before.values()) == [
+        "diverged", "diverged", "interrupted", "interrupted"]
+
+    assert run_study(study, resume=True, tracking_uri=uri, storage_path=storage) == 0
+    after = {run.info.run_name: run for run in _children(uri, "fused_resume")}
+    assert after.keys() == before.keys() and all(after[n].info.run_id == r.info.run_id for n, r in before.items())
+    client = MlflowClient(uri)
+    for name, run in after.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        if run.data.params["trainer.lr"] == "1e+20":  # ended before the interruption, never reopened
+            assert run.data.tags[layout.TAG_STATUS] == "diverged" and steps == [10]
+            assert run.info.end_time == before[name].info.end_time
+        else:  # continued from its checkpoint: every evaluation logged once
+            assert (run.info.status, run.data.tags[layout.TAG_STATUS]) == ("FINISHED", "finished")
+            assert sorted(steps) == list(range(10, 81, 10))
+
+
+def _children(uri: str, study: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(study)
+    return client.search_runs([experiment.experiment_id], f"tags.`{layout.TAG_ROLE}` = '{layout.ROLE_TRIAL}'")
