@@ -22,7 +22,10 @@ sides). The conventional pipeline's loader workers are separate processes: the l
 is reported apart (it shares most of its pages with the training process, so the two do not add up).
 
 ``trials > 1`` also times that many trainer runs at once on the same device (small trials sharing
-one GPU). Figures, the device they were taken on, and what pays off when: docs/BENCHMARKS.md.
+one GPU), each in its own process; ``fuse > 1`` times that many runs fused into one
+(:func:`ablate.fused.train_fused`, seeds 0..K-1) against the same runs one after another, whose
+throughput is the fast figure (they train the same shapes). Figures, the device they were taken on,
+and what pays off when: docs/BENCHMARKS.md.
 
 Example (ten seconds or so on a CPU: two processes start and import torch)::
 
@@ -48,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError, DataConfig, ModelSpec, TrainConfig, TrainerConfig
 from ablate.data import load_dataset
+from ablate.fused import train_fused
 from ablate.metrics import Status
 from ablate.models import build_model, model_spec
 from ablate.trainer import resolve_device, speed_defaults, train
@@ -204,25 +208,41 @@ def measure_trainer(config: TrainConfig, barrier=None) -> dict[str, Any]:
     wall = time.perf_counter() - start
     if result.status != Status.FINISHED:
         raise RuntimeError(f"bench: the shared trainer ended with status {result.status!r} on {config.model.name}")
-    batch = config.trainer.batch_size
-    windows, done = [], 0  # (images, training seconds) per report window
-    for metrics in reports:
-        images = (metrics["iteration"] - done) * batch
-        windows.append((images, images / metrics["images_per_s"]))
-        done = metrics["iteration"]
-    timed = windows[1:]
-    timed_seconds = sum(s for _, s in timed)
+    timed_images, timed_seconds = _timed(reports, config.trainer.batch_size)
     fast = speed_defaults(device)
     t = config.trainer
     return {
-        "images_per_s": sum(n for n, _ in timed) / timed_seconds,
+        "images_per_s": timed_images / timed_seconds,
         "untimed_seconds": wall - timed_seconds,  # setup, warm-up window, evaluations (and compiling them)
-        "timed_images": sum(n for n, _ in timed),
+        "timed_images": timed_images,
         "timed_span": (stamps[0], stamps[-1]),  # from the end of warm-up to the last report, wall clock
         "peak_memory_mb": _peak_memory_mb(device),
         "bf16": fast if t.bf16 is None else t.bf16,
         "channels_last": fast if t.channels_last is None else t.channels_last,
     }
+
+
+def _timed(reports: list[dict], batch: int) -> tuple[int, float]:
+    """Images and training seconds of the report windows after the first (the warm-up window)."""
+    windows, done = [], 0  # (images, training seconds) per report window
+    for metrics in reports:
+        images = (metrics["iteration"] - done) * batch
+        windows.append((images, images / metrics["images_per_s"]))
+        done = metrics["iteration"]
+    return sum(n for n, _ in windows[1:]), sum(s for _, s in windows[1:])
+
+
+def _measure_fused(config: TrainConfig, fuse: int) -> dict[str, Any]:
+    """``fuse`` runs of ``config`` (seeds 0..fuse-1) fused into one; all members' timed images per second."""
+    device = resolve_device(config.trainer.device)
+    _reset_peak_memory(device)
+    reports: list[list[dict]] = [[] for _ in range(fuse)]
+    configs = [config.model_copy(update={"seed": seed}) for seed in range(fuse)]
+    results = train_fused(configs, [seen.append for seen in reports])
+    if any(r.status != Status.FINISHED for r in results):
+        raise RuntimeError(f"bench: fused runs ended with {[r.status for r in results]} on {config.model.name}")
+    images, seconds = _timed(reports[0], config.trainer.batch_size)  # every member trains the same steps
+    return {"images_per_s": fuse * images / seconds, "peak_memory_mb": _peak_memory_mb(device)}
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -236,10 +256,12 @@ def run_bench(
     steps: int = 30,
     warmup_steps: int = 5,
     compile: bool = False,
+    compile_mode: str = "default",
     bf16: bool | None = None,
     channels_last: bool | None = None,
     workers: int = BASELINE_WORKERS,
     trials: int = 1,
+    fuse: int = 1,
 ) -> dict[str, Any]:
     """Steady-state images/s and peak memory of the shared trainer and of the conventional pipeline.
 
@@ -248,10 +270,14 @@ def run_bench(
     workers; each in its own spawned process. ``bf16`` / ``channels_last``: ``None`` is the trainer's
     default (:func:`ablate.trainer.speed_defaults`). ``trials > 1``: then also that many trainer runs at
     once on the same device (small trials sharing one GPU), timed together after a common barrier.
+    ``fuse > 1``: then also that many runs fused into one (``compile_mode``: ``reduce-overhead`` is
+    torch.compile with CUDA graphs).
     """
     if trials < 1:
         raise ConfigError(f"trials must be >= 1 (runs sharing the device at once), got {trials}")
-    switches = dict(device=device, compile=compile, bf16=bf16, channels_last=channels_last)
+    if fuse < 1:
+        raise ConfigError(f"fuse must be >= 1 (runs fused into one), got {fuse}")
+    switches = dict(device=device, compile=compile, compile_mode=compile_mode, bf16=bf16, channels_last=channels_last)
     config = bench_config(model, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps, **switches)
     resolved = resolve_device(device)
     load = os.getloadavg()[0]
@@ -279,6 +305,7 @@ def run_bench(
         "bf16": fast["bf16"],
         "channels_last": fast["channels_last"],
         "compile": compile,
+        "compile_mode": compile_mode if compile else None,
     }
     if eager is not None:
         result |= _compile_payoff(fast, eager, batch_size)
@@ -288,6 +315,14 @@ def run_bench(
         total = _concurrent_images_per_s(shared, trials)
         speedup = total / fast["images_per_s"]
         result |= {"trials": trials, "concurrent_images_per_s": total, "concurrent_speedup": speedup}
+    if fuse > 1:
+        fused = _isolated(_measure_fused, config, fuse)
+        result |= {
+            "fuse": fuse,
+            "fused_images_per_s": fused["images_per_s"],
+            "fused_speedup": fused["images_per_s"] / fast["images_per_s"],  # over the same runs one after another
+            "fused_peak_memory_mb": fused["peak_memory_mb"],
+        }
     return result
 
 
@@ -322,6 +357,8 @@ def _compile_payoff(compiled: dict, eager: dict, batch_size: int) -> dict[str, A
 def format_bench(result: dict[str, Any]) -> str:
     """A short human-readable table of a :func:`run_bench` result."""
     switches = ", ".join(name for name in ("bf16", "channels_last", "compile") if result[name]) or "fp32, NCHW"
+    if result.get("compile_mode") not in (None, "default"):
+        switches += f" {result['compile_mode']}"
     unit = "MB allocated" if result["memory"] == "cuda_max_allocated" else "MB peak RSS"
     fast_name = f"shared trainer ({switches})"
     base_name = f"conventional ({result['baseline_workers']} workers, fp32, NCHW, eager)"
@@ -341,6 +378,12 @@ def format_bench(result: dict[str, Any]) -> str:
         lines.append(
             f"{result['trials']} trials at once: {result['concurrent_images_per_s']:,.0f} images/s in all, "
             f"{result['concurrent_speedup']:.2f}x one trial"
+        )
+    if "fuse" in result:
+        lines.append(
+            f"{result['fuse']} runs fused: {result['fused_images_per_s']:,.0f} images/s in all, "
+            f"{result['fused_speedup']:.2f}x the same runs one after another "
+            f"({result['fused_peak_memory_mb']:,.0f} {unit})"
         )
     if "compile_seconds" in result:
         pays = result["compile_break_even_steps"]

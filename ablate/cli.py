@@ -109,11 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="timed training steps per pipeline")
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps before timing")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on CPU)")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="with --compile; reduce-overhead: CUDA graphs")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: where it helps")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: where it helps")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     p.add_argument("--trials", type=int, default=1, help="also time this many trainer runs sharing the device")
+    p.add_argument("--fuse", type=int, default=1, help="also time this many runs fused into one (ablate.fused)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_bench)
     return parser
@@ -279,8 +282,8 @@ def _bench(args) -> int:
 
     result = run_bench(
         model=args.model, device=args.device, batch_size=args.batch_size, steps=args.steps,
-        warmup_steps=args.warmup_steps, compile=args.compile, bf16=args.bf16, channels_last=args.channels_last,
-        workers=args.workers, trials=args.trials,
+        warmup_steps=args.warmup_steps, compile=args.compile, compile_mode=args.compile_mode, bf16=args.bf16,
+        channels_last=args.channels_last, workers=args.workers, trials=args.trials, fuse=args.fuse,
     )
     print(json.dumps(result) if args.json else format_bench(result))
     return 0

@@ -31,13 +31,16 @@ __all__ = [
     "PAPER_ITERATIONS",
     "ConfigError",
     "DataConfig",
+    "FUSABLE_KEYS",
     "ModelSpec",
     "PREACT_BLOCKS",
     "deep_merge",
     "TrainConfig",
     "TrainerConfig",
     "WarmupConfig",
+    "check_fusable",
     "flatten",
+    "fuse_key",
     "format_validation_error",
     "short_repr",
     "unflatten",
@@ -335,3 +338,36 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], *, source: str =
         return TrainConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source=source)) from None
+
+
+# -- which configs may train fused (ablate.fused) --------------------------------------------------
+
+# Flat config keys (and prefixes, ending in ".") in which the members of a fused group may differ:
+# everything that leaves the shapes, the data, the run length and the speed switches alone.
+FUSABLE_KEYS = (
+    "seed", "trainer.lr", "trainer.momentum", "trainer.weight_decay", "trainer.schedule", "trainer.milestones",
+    "trainer.gamma", "trainer.warmup.",
+)
+
+
+def _fusable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in FUSABLE_KEYS)
+
+
+def fuse_key(config: TrainConfig) -> tuple:
+    """What must be equal for two configs to train fused: the flat config without :data:`FUSABLE_KEYS`."""
+    return tuple(sorted((k, repr(v)) for k, v in flatten(config).items() if not _fusable(k)))
+
+
+def check_fusable(configs: list[TrainConfig] | tuple[TrainConfig, ...]) -> None:
+    """ConfigError naming the first key in which two configs differ that fused training cannot mix."""
+    if not configs:
+        raise ConfigError("train_fused needs at least one config")
+    first = flatten(configs[0])
+    for index, config in enumerate(configs[1:], start=1):
+        for key, value in flatten(config).items():
+            if not _fusable(key) and value != first[key]:
+                raise ConfigError(
+                    f"cannot fuse config 0 with config {index}: they differ in {key} ({first[key]!r} vs {value!r}); "
+                    f"fused runs may differ only in {', '.join(k.rstrip('.') for k in FUSABLE_KEYS)}"
+                )

@@ -394,6 +394,8 @@ def _window_metrics(window: _Window, pos: _Position, batches_per_epoch: int, lr:
 
 @torch.no_grad()
 def _evaluate(forward, model, val_data, test_data, batch_size, autocast) -> dict[str, float]:
+    """Validation and test error. ``forward`` may return (K, N, classes) logits of K fused runs
+    (:mod:`ablate.fused`): each error is then a list of K fractions."""
     model.eval()
     out = {}
     for key, data in (("val_error", val_data), ("test_error", test_data)):
@@ -402,8 +404,8 @@ def _evaluate(forward, model, val_data, test_data, batch_size, autocast) -> dict
         wrong = torch.zeros((), dtype=torch.float64, device=data.device)
         for x, y in data.eval_batches(batch_size):
             with autocast:
-                wrong += (forward(x).argmax(1) != y).sum()
-        out[key] = wrong.item() / len(data)
+                wrong = wrong + (forward(x).argmax(-1) != y).sum(-1)
+        out[key] = (wrong / len(data)).tolist()
     return out
 
 

@@ -16,6 +16,7 @@ from ablate.bench import (
     AugmentedImages,
     _compile_payoff,
     _concurrent_images_per_s,
+    _measure_fused,
     bench_config,
     format_bench,
     run_bench,
@@ -109,3 +110,14 @@ def test_cli_bench_prints_one_json_object(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "resnet20" and result["batch_size"] == 8
     assert result["ratio"] == pytest.approx(result["images_per_s"] / result["baseline_images_per_s"])
+
+
+def test_fused_runs_are_timed_in_all_and_formatted(result):
+    config = bench_config(TINY, batch_size=16, steps=2, warmup_steps=1, device="cpu")
+    fused = _measure_fused(config, 2)  # in this process: two seeds fused, every member's timed images counted
+    assert fused["images_per_s"] > 0 and fused["peak_memory_mb"] > 0
+    shown = format_bench(result | {"fuse": 2, "fused_images_per_s": 1234.0, "fused_speedup": 0.5,
+                                   "fused_peak_memory_mb": 10.0})
+    assert "2 runs fused: 1,234 images/s in all, 0.50x the same runs one after another" in shown
+    with pytest.raises(ValueError, match="fuse must be >= 1"):
+        run_bench(model=TINY, device="cpu", fuse=0)

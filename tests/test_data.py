@@ -457,6 +457,7 @@ def test_invalid_inputs_are_rejected():
         DeviceData(x, torch.arange(4), mean=[0], std=[1], device="cpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_cuda_give_the_same_batches():
     cpu = device_data(mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])

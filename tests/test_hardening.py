@@ -398,7 +398,9 @@ def test_a_first_invocation_has_no_trials_ended_in_earlier_runs():
 
     from ablate.search.callbacks import Recorder
 
-    trials = [SimpleNamespace(trial_id="a", status=Trial.TERMINATED), SimpleNamespace(trial_id="b", status=Trial.PENDING)]
+    params = {"trial": {"label": "resnet8", "config": {"seed": 0}}}
+    trials = [SimpleNamespace(trial_id=name, status=status, config=params, last_result={})
+              for name, status in (("a", Trial.TERMINATED), ("b", Trial.PENDING))]
     first = Recorder(None, expected=2)
     first.on_experiment_end(trials)
     assert first.done_before == 0

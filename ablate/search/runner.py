@@ -10,7 +10,10 @@ or restore it -> ``fit`` with Ray's own output silenced and the :mod:`~ablate.se
 recording and printing progress -> end the parent run as finished, interrupted or failed (whatever
 happens, including Ctrl-C) -> print a summary.
 
-Scheduling: ``resources.cpu``/``resources.gpu`` per trial (``tune.with_resources``; a gpu fraction
+Fusing (the study's ``fuse`` above 1): one Ray trial per pack of :meth:`~ablate.study.Study.packs`,
+its members trained at once by :func:`ablate.fused.train_fused` and recorded as separate child runs.
+
+Scheduling: ``resources.cpu``/``resources.gpu`` per Ray trial (``tune.with_resources``; a gpu fraction
 shares one device), ``max_concurrent`` trials at once, ASHA early stopping on the trainer's
 ``iteration`` when ``early_stopping`` is set, and up to :data:`MAX_FAILURES` restarts of a failed
 trial, each from its last checkpoint.
@@ -38,7 +41,7 @@ from ablate.metrics import Status
 from ablate.paths import project_root
 from ablate.search.callbacks import Progress, Recorder
 from ablate.search.sampling import StudySearcher
-from ablate.search.trainable import OBJECTIVE, train_trial, trial_params
+from ablate.search.trainable import OBJECTIVE, PACK, train_trial, trial_params
 from ablate.study import Study, train_iterations
 from ablate.tracking.layout import default_tracking_uri
 from ablate.tracking.store import check_store
@@ -199,6 +202,9 @@ def _tuner(study: Study, trainable, experiment: Path, callbacks: list[tune.Callb
         search_alg = StudySearcher(study, metric=OBJECTIVE, mode=study.metric.mode)
     else:
         param_space = {"trial": tune.grid_search([trial_params(trial, study.metric) for trial in study.trials()])}
+        if study.fuse > 1:  # one Ray trial per pack, its members trained fused
+            packs = [[trial_params(trial, study.metric) for trial in pack] for pack in study.packs()]
+            param_space = {PACK: tune.grid_search(packs)}
         num_samples, search_alg = 1, None
     tune_config = tune.TuneConfig(
         num_samples=num_samples, search_alg=search_alg, scheduler=_scheduler(study),

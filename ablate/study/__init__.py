@@ -31,6 +31,8 @@ A study is one YAML file that asks one question. Every key but ``name`` and ``qu
     max_concurrent: 4                 # trials at once (null: as many as resources allow)
     metric: {name: test_error, mode: min}
     early_stopping: {grace_period: 4000, reduction_factor: 4}   # ASHA, in training iterations; omit: off
+    fuse: 4                           # grid: up to 4 trials differing only in seed or optimiser recipe
+                                      # train as one Ray trial (ablate.fused), each recorded as its own run
 
 Includes are searched in the study's folder, then ``../search_spaces/`` beside it, then the project
 root's ``search_spaces/``; a space file holds axes only (and may include others). The study's own

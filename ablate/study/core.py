@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ablate.config import TrainConfig, deep_merge, flatten, format_validation_error, unflatten
+from ablate.config import TrainConfig, deep_merge, flatten, format_validation_error, fuse_key, unflatten
 from ablate.study.schema import Constraints, EarlyStopping, Metric, Origin, Resources, Search, StudyError
 
 __all__ = ["Axis", "Study", "Trial"]
@@ -85,9 +85,10 @@ class Study:
       ``search.num_samples`` points, each run once per seed (``num_trials`` in all), sampler seed
       ``search.seed``; :meth:`trial_for` turns a sampled point + seed into a :class:`Trial`, or None
       when the constraints exclude the point;
-    - scheduling: ``resources.cpu`` / ``resources.gpu`` per trial, ``max_concurrent`` (None: no limit),
+    - scheduling: ``resources.cpu`` / ``resources.gpu`` per Ray trial, ``max_concurrent`` (None: no limit),
       ``early_stopping`` (ASHA; None: off; its grace period counts training iterations, the
       ``iteration`` key of the trainer's reports), ``search.max_trials`` (the budget, checked at load);
+    - fusing: ``fuse`` trials per Ray trial at most, packed by :meth:`packs` (grid only, no early stopping);
     - provenance: ``overrides`` as given, :meth:`resolved_yaml` for MLflow.
 
     Example::
@@ -110,6 +111,7 @@ class Study:
     max_concurrent: int | None  # trials at once; None: as many as resources allow
     metric: Metric  # name, mode
     early_stopping: EarlyStopping | None  # ASHA grace_period (iterations), reduction_factor
+    fuse: int  # trials per Ray trial, trained fused (:meth:`packs`); 1: one trial per Ray trial
     overrides: tuple[str, ...]  # "key=value" strings applied to the file
     document: dict[str, Any] = field(repr=False)  # the resolved document (overrides applied, includes read in)
     origin: Origin = field(repr=False)  # for messages
@@ -133,6 +135,18 @@ class Study:
                 "use study.axes and study.trial_for(point, seed=...)"
             )
         return list(self._grid)
+
+    def packs(self) -> list[list[Trial]]:
+        """The grid's trials as Ray trials: up to ``fuse`` trials that may train fused share one.
+
+        Trials fuse when their configs differ only in :data:`~ablate.config.FUSABLE_KEYS` (seed and
+        optimiser recipe); each such set, in trial order, is cut into packs of ``fuse``. With ``fuse`` 1,
+        one pack per trial.
+        """
+        sets: dict[tuple, list[Trial]] = {}
+        for trial in self.trials():
+            sets.setdefault(fuse_key(trial.config), []).append(trial)
+        return [same[i:i + self.fuse] for same in sets.values() for i in range(0, len(same), self.fuse)]
 
     def trial_for(self, point: Mapping[str, Any], *, seed: int) -> Trial | None:
         """The trial for a point (a flat dict with a value for every axis) and a seed; None if excluded."""

@@ -69,11 +69,12 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
     _check_overlaps(axes, written, origin)
     constraints = _constraints(spec.constraints, base, axes, origin)
     _check_method(spec, axes, written, origin)
+    _check_fuse(spec, origin)
     study = Study(
         name=spec.name, question=spec.question.strip(), path=path, base=base, axes=axes, seeds=tuple(spec.seeds),
         search=spec.search, constraints=constraints, resources=spec.resources, max_concurrent=spec.max_concurrent,
-        metric=spec.metric, early_stopping=spec.early_stopping, overrides=tuple(overrides), document=doc,
-        origin=origin,
+        metric=spec.metric, early_stopping=spec.early_stopping, fuse=spec.fuse, overrides=tuple(overrides),
+        document=doc, origin=origin,
     )
     if not study.sampled:
         study = replace(study, _grid=study._expand())
@@ -217,6 +218,18 @@ def _matching(base: TrainConfig, when: dict[str, Any]) -> TrainConfig:
 
 
 # -- method and budget -----------------------------------------------------------------------------
+
+
+def _check_fuse(spec: StudyFile, origin: Origin) -> None:
+    """Fusing packs a grid's trials before the study starts, into Ray trials that ASHA could only stop whole."""
+    if spec.fuse == 1:
+        return
+    if spec.search.method != "grid":
+        raise origin.error("fuse", f"fusing packs the trials of a grid before it starts; search.method "
+                                   f"{spec.search.method} draws its points while it runs: set fuse: 1")
+    if spec.early_stopping is not None:
+        raise origin.error("fuse", "early_stopping stops single trials, but fused trials train and stop together: "
+                                   "remove early_stopping or set fuse: 1")
 
 
 def _check_method(spec: StudyFile, axes: tuple[Axis, ...], written: dict[str, tuple[str, str]], origin: Origin):

@@ -7,6 +7,8 @@ iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (doc
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ablate.config import DataConfig, TrainConfig
 from ablate.console import text_table
 from ablate.data.catalog import data_source
@@ -37,6 +39,8 @@ def plan_rows(study: Study) -> list[dict]:
     """One row per trial: label, group, seed, params, macs, iterations, train_flops, then the axis values.
 
     Axis values come under their dotted keys, followed by the keys the ``constraints.set`` rules set.
+    A study that fuses (``fuse`` above 1) adds ``ray_trial``: the number of the Ray trial the trial trains
+    in (:meth:`Study.packs`); trials with the same number train fused.
     For a sampled study (tpe, random) there are no trials yet: one row per axis instead, with
     ``axis``, ``domain``, ``method``, ``num_samples`` and ``seeds``.
     """
@@ -51,6 +55,8 @@ def plan_rows(study: Study) -> list[dict]:
     keys = [axis.key for axis in study.axes]
     keys += [key for rule in study.constraints.set for key in rule.then if key not in keys]
     costs: dict[str, tuple[int, int]] = {}  # group -> (params, macs)
+    packs = study.packs() if study.fuse > 1 else []
+    packed = {id(trial): number for number, pack in enumerate(packs, start=1) for trial in pack}
     rows = []
     for trial in study.trials():
         config = trial.config
@@ -66,6 +72,7 @@ def plan_rows(study: Study) -> list[dict]:
         rows.append({
             "label": trial.label, "group": trial.group, "seed": trial.seed, "params": params, "macs": macs,
             "iterations": iterations, "train_flops": 6 * macs * iterations * config.trainer.batch_size,
+            **({"ray_trial": packed[id(trial)]} if packed else {}),
             **{key: _lookup(values, key) for key in keys},
         })
     return rows
@@ -79,20 +86,30 @@ def format_plan(rows: list[dict]) -> str:
         table = text_table(["axis", "domain"], [[row["axis"], row["domain"]] for row in rows], right=set())
         return (f"{table}\n{first['method']}: {first['num_samples']} samples x {first['seeds']} "
                 f"seed{'s' * (first['seeds'] != 1)} = {trials} trials")
-    fixed = ["label", "group", "seed", "params", "macs", "iterations", "train_flops"]
+    fixed = ["label", "group", "seed", "params", "macs", "iterations", "train_flops", "ray_trial"]
     axes = [key for key in (rows[0] if rows else {}) if key not in fixed]
+    fused = bool(rows) and "ray_trial" in rows[0]
     headers = ["label", "seed", "params", "MACs/image", "iterations", "train PFLOP", *axes, "group"]
     body = [
         [row["label"], row["seed"], f"{row['params']:,}", f"{row['macs'] / 1e6:,.1f}M", f"{row['iterations']:,}",
          f"{row['train_flops'] / 1e15:.3g}", *(format_value(row[key]) for key in axes), row["group"]]
         for row in rows
     ]
-    table = text_table(headers, body, right={1, 2, 3, 4, 5})
+    if fused:  # which trials train together, second column
+        headers.insert(1, "Ray trial")
+        for line, row in zip(body, rows):
+            line.insert(1, row["ray_trial"])
+    table = text_table(headers, body, right={1, 2, 3, 4, 5, 6} if fused else {1, 2, 3, 4, 5})
     configs = len({row["group"] for row in rows})
     seeds = len({row["seed"] for row in rows})
     total = sum(row["train_flops"] for row in rows) / 1e15
+    packing = ""
+    if fused:
+        packs = Counter(row["ray_trial"] for row in rows)
+        packing = (f"; fused into {len(packs)} Ray trial{'s' * (len(packs) != 1)} of "
+                   f"{'-'.join(map(str, sorted({min(packs.values()), max(packs.values())})))} trials each")
     return (f"{table}\n{len(rows)} trials ({configs} configuration{'s' * (configs != 1)} x {seeds} "
-            f"seed{'s' * (seeds != 1)}), {total:.3g} PFLOP of training")
+            f"seed{'s' * (seeds != 1)}), {total:.3g} PFLOP of training{packing}")
 
 
 def _lookup(values: dict, key: str):

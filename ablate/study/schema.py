@@ -131,6 +131,7 @@ class StudyFile(_Strict):
     max_concurrent: int | None = Field(None, ge=1)  # trials running at once; None: as many as resources allow
     metric: Metric = Metric()
     early_stopping: EarlyStopping | None = None  # None: every trial runs to the end
+    fuse: int = Field(1, ge=1)  # trials differing only in seed/optimiser recipe trained as one Ray trial; 1: off
 
     @field_validator("seeds")
     @classmethod
