@@ -12,7 +12,8 @@
   so the estimate errs long. On a CPU timed in CPU seconds on one thread, times the cores, so a busy
   machine does not make the study look longer than it is once it has the machine; shared by the trials
   that run at once (a study that uses fewer cores than the machine has gets that share of the rate);
-- start: :data:`TRIAL_START_S` per trial, over the trials that run at once.
+- start: :data:`TRIAL_START_S` per Ray trial (a fused one trains ``fuse`` runs), over those that run at
+  once. Fused training is costed at the same FLOP/s as the runs alone (about so on a CPU, docs/BENCHMARKS.md).
 
 Measured against real runs on a 2-core Xeon with other jobs running (calibrations there varied by about
 20 % with the load): quickstart estimated 3 min 50 s to 4 min 40 s, run in 4 min 13 s; unit_variants 33 to
@@ -174,9 +175,10 @@ def estimate(study: Study, *, rate: Rate | None = None, rows: list[dict] | None 
     flops = study_flops(study, rows)
     cores = os.cpu_count() or 1
     cpu = study.resources.cpu
-    slots = min(study.max_concurrent or study.num_trials, study.num_trials, max(1, int(cores // cpu)) if cpu else cores)
+    ray_trials = study.num_trials if study.sampled or study.fuse == 1 else len(study.packs())  # fused: K runs each
+    slots = min(study.max_concurrent or ray_trials, ray_trials, max(1, int(cores // cpu)) if cpu else cores)
     used = 1.0 if rate.device.startswith("NVIDIA") else min(1.0, slots * max(cpu, 1) / cores)  # of the CPU's cores
-    seconds = flops / (rate.flop_per_s * used) + study.num_trials * TRIAL_START_S / max(slots, 1)
+    seconds = flops / (rate.flop_per_s * used) + ray_trials * TRIAL_START_S / max(slots, 1)
     return Estimate(seconds, flops, rate)
 
 

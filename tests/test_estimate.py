@@ -44,6 +44,15 @@ def test_estimate_is_flops_over_the_rate_plus_the_trials_start(calibrated_rate):
         "42 s", "2 min 10 s", "3 h 20 min", "3.0 days"]
 
 
+def test_a_fused_study_starts_one_ray_trial_per_pack():
+    study = load_study(REPO / "studies/quickstart.yaml", ["max_concurrent=1"])
+    fused = load_study(REPO / "studies/quickstart.yaml", ["max_concurrent=1", "fuse=3"])  # 12 trials in 4 packs
+    rate = estimate.Rate(1e10, "cpu", "test", "now")
+    alone, packed = estimate.estimate(study, rate=rate), estimate.estimate(fused, rate=rate)
+    assert alone.flops == packed.flops
+    assert alone.seconds - packed.seconds == pytest.approx((12 - 4) * estimate.TRIAL_START_S)
+
+
 def test_the_rate_is_calibrated_on_the_study_s_cheapest_net(monkeypatch):
     monkeypatch.setattr(estimate, "_calibrate", REAL_CALIBRATE)
     monkeypatch.setitem(estimate.CALIBRATION, "steps", 2)
