@@ -15,10 +15,10 @@
 - start: :data:`TRIAL_START_S` per Ray trial (a fused one trains ``fuse`` runs), over those that run at
   once. Fused training is costed at the same FLOP/s as the runs alone (about so on a CPU, docs/BENCHMARKS.md).
 
-Measured against real runs on a 2-core Xeon with other jobs running (calibrations there varied by about
-20 % with the load): quickstart estimated 3 min 50 s to 4 min 40 s, run in 4 min 13 s; unit_variants 33 to
-41 min against 31 min; depth_sweep 42 to 50 min against 29 min. A rough guide, then, that errs long; it
-leaves out starting Ray (10-20 s).
+Measured against real runs on a 2-core Xeon (docs/BENCHMARKS.md; the calibration of a width-8 net varied
+from 33 to 52 GFLOP/s with the machine's load): quickstart estimated 4 min 5 s to 5 min 47 s, run in
+4 min 13 s; unit_variants 33 to 41 min against 31 min; depth_sweep 41 to 50 min against 29 min. A rough
+guide, then, that errs long; it leaves out starting Ray (10-20 s).
 A sampled search is costed as ``num_samples x seeds`` runs of its base configuration, every one to
 the end (ASHA may stop some early).
 
@@ -169,15 +169,16 @@ def estimate(study: Study, *, rate: Rate | None = None, rows: list[dict] | None 
     of its nets, so the estimate errs long), plus :data:`TRIAL_START_S` per trial.
     """
     rows = rows if rows is not None or study.sampled else plan_rows(study)
+    device = study_device(study)
     if rate is None:
         cheapest = study.base if study.sampled else min(zip(study.trials(), rows), key=lambda tr: tr[1]["macs"])[0].config
-        rate = _calibrate(study_device(study), cheapest)
+        rate = _calibrate(device, cheapest)
     flops = study_flops(study, rows)
     cores = os.cpu_count() or 1
     cpu = study.resources.cpu
     ray_trials = study.num_trials if study.sampled or study.fuse == 1 else len(study.packs())  # fused: K runs each
     slots = min(study.max_concurrent or ray_trials, ray_trials, max(1, int(cores // cpu)) if cpu else cores)
-    used = 1.0 if rate.device.startswith("NVIDIA") else min(1.0, slots * max(cpu, 1) / cores)  # of the CPU's cores
+    used = 1.0 if device == "cuda" else min(1.0, slots * max(cpu, 1) / cores)  # the share of the CPU's cores
     seconds = flops / (rate.flop_per_s * used) + ray_trials * TRIAL_START_S / max(slots, 1)
     return Estimate(seconds, flops, rate)
 

@@ -160,7 +160,7 @@ def _best_of(findings: Sequence[Finding], axis: str, what: str, *, mode: str | N
         if beaten:
             text += f", {clearly}better than {', '.join(beaten)}"
         if close:
-            text += f"{';' if beaten else ','} not {clearly or 'clearly '}better than {', '.join(close)}"
+            text += f"{';' if beaten else ','} not clearly better than {', '.join(close)}"
         clauses.append(text)
     return clauses
 
