@@ -196,8 +196,9 @@ def summarise(environment: dict[str, Any], items: list[dict[str, Any]]) -> dict[
 
 def markdown(summary: dict[str, Any]) -> str:
     env = summary["environment"]
-    lines = [f"# GPU check: {env['device_name'] or 'no GPU'} ({env['memory_gb']} GB), torch {env['torch']}, "
-             f"CUDA {env['cuda']}, Python {env['python']}, {env['cpu_count']} CPUs", "",
+    device = f"{env['device_name']} ({env['memory_gb']} GB)" if env["device_name"] else "no GPU (--smoke: CPU)"
+    lines = [f"# GPU check: {device}, torch {env['torch']}, CUDA {env['cuda']}, Python {env['python']}, "
+             f"{env['cpu_count']} CPUs", "",
              "| item | status | seconds | figures |", "|---|---|---:|---|"]
     for item in summary["items"]:
         lines.append(f"| {_label(item)} | {item.get('status')} | {item.get('seconds', 0):.0f} | {_figures(item)} |")

@@ -87,6 +87,10 @@ def test_summary_sets_the_figures_against_the_targets():
     assert summary["fused_speedup"] == {"resnet20 eager": 5.0, "resnet20 compiled": 4.0}
     text = markdown(summary)
     assert "| resnet20_ratio >= 10 | 12.00 | True |" in text and "## fashion: timeout" in text
+    assert text.startswith("# GPU check: H100 (80 GB), torch 2.11, CUDA 13.0")
+    cpu = markdown(summarise({"device_name": None, "memory_gb": None, "torch": "2.13", "cuda": None, "python": "3.11",
+                              "cpu_count": 2}, []))
+    assert cpu.startswith("# GPU check: no GPU (--smoke: CPU), torch 2.13") and "None GB" not in cpu
 
 
 def test_the_plan_fits_the_budget_and_the_smoke_plan_runs_on_cpu():
