@@ -126,3 +126,29 @@ def test_only_configs_that_share_shapes_data_and_length_fuse():
         check_fusable([tiny(3), tiny(3).model_copy(update={"model": ModelSpec(n=2, base_width=8)})])
     with pytest.raises(ValueError, match="one report callback per config"):
         train_fused([tiny(3), tiny(4)], [print])
+
+
+COMPILED_LOSS_RTOL = 1e-4  # Inductor may fuse and reorder float operations
+
+
+def compiled(config: TrainConfig) -> TrainConfig:
+    trainer = config.trainer.model_copy(update={"compile": True, "compile_mode": "reduce-overhead"})
+    return config.model_copy(update={"trainer": trainer})
+
+
+@pytest.mark.slow
+def test_compiled_trainer_and_compiled_fused_runs_follow_the_eager_runs():
+    """The compiled paths that the GPU check times with CUDA graphs, traced and compiled here by Inductor
+    (``reduce-overhead`` without CUDA compiles as ``default``): a GPU session meets no tracing failure first."""
+    from torch._dynamo.utils import counters
+
+    members = [tiny(3, iterations=10, eval_every=5), tiny(4, iterations=10, eval_every=5, lr=0.1, momentum=0.5)]
+    seen = [[] for _ in members]
+    counters.clear()
+    results = train_fused([compiled(c) for c in members], [s.append for s in seen])
+    assert [r.status for r in results] == ["finished", "finished"]
+    # the vmapped step and the evaluation, each one whole graph: CUDA graphs capture them entire
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    for config, reports in zip(members, seen):
+        assert_same_run(reports, alone(config), loss_rtol=COMPILED_LOSS_RTOL)
+    assert_same_run(alone(compiled(members[0])), alone(members[0]), loss_rtol=COMPILED_LOSS_RTOL)
