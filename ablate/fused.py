@@ -30,8 +30,7 @@ Why vmap over the model builder and not a grouped-conv network written from the 
 whole design space (every block, shortcut and width) with no second implementation of the ResNet to
 keep in step, and a small experiment showed it exact: for ResNet-8-w8, K = 3, the vmapped forward
 matched the three separate models to 3.6e-7, the gradients to 1.8e-7, the BN running statistics
-after a step to 6e-8 and the eval-mode output to 2.4e-7. Costs: ``adaptive_avg_pool2d`` has no vmap
-rule for ``as_strided_`` (a per-member loop in the head only), and grouped convs are slow on CPUs
+after a step to 6e-8 and the eval-mode output to 2.4e-7. Cost: grouped convs are slow on CPUs
 (oneDNN): there fused training is slower than the runs one by one (docs/BENCHMARKS.md). It pays on
 GPUs, where one small ResNet leaves most of the device idle.
 
@@ -56,7 +55,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -249,9 +247,7 @@ def train_fused(
     fast = speed_defaults(device)
     use_bf16 = fast if t.bf16 is None else t.bf16
     channels_last = fast if t.channels_last is None else t.channels_last
-    with _deterministic(t.deterministic), warnings.catch_warnings():
-        # the head's adaptive_avg_pool2d meets vmap's per-member fallback for as_strided_ (see above)
-        warnings.filterwarnings("ignore", message=".*batching rule for aten::as_strided_")
+    with _deterministic(t.deterministic):
         run = _FusedRun(configs, reports, device, use_bf16, channels_last, checkpoint_dir, resume_from)
         return run.train(after_reports or (lambda: None))
 

@@ -49,6 +49,11 @@ __all__ = ["CHECKPOINT_FILE", "CheckpointError", "ReportCallback", "TrainResult"
 CHECKPOINT_FILE = "checkpoint.pt"
 DIVERGENCE_CHECK_EVERY = 50  # iterations between non-finite loss checks (each one syncs the device)
 
+# cuBLAS computes deterministically only with a fixed workspace, which PyTorch checks once per process, at its
+# first cuBLAS call: without it trainer.deterministic on CUDA raises at the first linear layer. Set on import,
+# before any run touches CUDA (a value the user set is kept); 8 buffers of 4 MiB, costless here.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 ReportCallback = Callable[[dict[str, Any]], None]  # report(metrics): the keys are declared in ablate.metrics
 
 

@@ -28,6 +28,7 @@ from ablate.models import (
     spec_for_depth,
 )
 from ablate.models.blocks import BasicBlock, Projection, ZeroPadShortcut
+from ablate.models.resnet import GlobalAvgPool
 
 BLOCK_TYPES = list(LAYERS_PER_UNIT)
 SHORTCUTS = ["A", "B", "C", "none"]
@@ -408,3 +409,21 @@ def test_register_model_refuses_a_name_that_is_not_the_spec_name():
     with pytest.raises(ValueError, match="already registered"):
         register_model(resnet20)
     assert "resnet21" not in list_models()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_avg_pool_gives_adaptive_avg_pools_numbers_to_the_bit(dtype, channels_last):
+    """The head's mean (deterministic on CUDA, batched by vmap) changes no CPU result: the same bits as
+    AdaptiveAvgPool2d(1), forward and backward."""
+    torch.manual_seed(0)
+    x = torch.randn(100, 64, 8, 8).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = GlobalAvgPool()(ours), nn.AdaptiveAvgPool2d(1)(theirs)
+    grad = torch.randn(ref.shape).to(dtype)
+    out.backward(grad)
+    ref.backward(grad)
+    assert out.shape == ref.shape == (100, 64, 1, 1)
+    assert torch.equal(out, ref) and torch.equal(ours.grad, theirs.grad)

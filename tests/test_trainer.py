@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -177,3 +180,16 @@ def test_bf16_and_channels_last_switches_run_on_cpu():
     result = train(tiny(iterations=4, eval_every=4, bf16=True, channels_last=True), lambda m: None)
     assert result.status == "finished" and math.isfinite(result.final["train_loss"])
     assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.parametrize("preset, expected", [(None, ":4096:8"), (":16:8", ":16:8")])
+def test_importing_the_trainer_fixes_cublas_workspace_for_deterministic_cuda_runs(preset, expected):
+    """PyTorch reads CUBLAS_WORKSPACE_CONFIG once, at a process's first cuBLAS call: the trainer sets it on import
+    (keeping the user's own value), so ``trainer.deterministic`` on CUDA never meets cuBLAS's error."""
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    if preset is not None:
+        env["CUBLAS_WORKSPACE_CONFIG"] = preset
+    code = "import os, ablate.trainer; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

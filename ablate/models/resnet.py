@@ -115,6 +115,18 @@ def _stem(spec: ModelSpec, in_channels: int, width: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
+class GlobalAvgPool(nn.Module):
+    """Global average pooling as a mean over height and width, (N, C, H, W) -> (N, C, 1, 1).
+
+    ``nn.AdaptiveAvgPool2d(1)``'s numbers to the bit on the CPU (fp32 and bf16, NCHW and channels_last,
+    forward and backward), but its CUDA backward is deterministic (AdaptiveAvgPool2d's raises under
+    ``trainer.deterministic``) and vmap batches it (fused runs; AdaptiveAvgPool2d falls back to a loop).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 class ResNet(nn.Module):
     """A ResNet (or its plain twin): ``stem -> stages[0..K-1] -> head``. See the module docstring."""
 
@@ -144,7 +156,7 @@ class ResNet(nn.Module):
             head.append(("bn", nn.BatchNorm2d(channels)))
         if self.placement in ("full_preact", "relu_preact"):
             head.append(("relu", nn.ReLU()))
-        head += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(channels, num_classes))]
+        head += [("pool", GlobalAvgPool()), ("flatten", nn.Flatten()), ("fc", nn.Linear(channels, num_classes))]
         self.head = nn.Sequential(OrderedDict(head))
 
         self._init_weights()
