@@ -219,7 +219,18 @@ def measure_trainer(config: TrainConfig, barrier=None) -> dict[str, Any]:
         "peak_memory_mb": _peak_memory_mb(device),
         "bf16": fast if t.bf16 is None else t.bf16,
         "channels_last": fast if t.channels_last is None else t.channels_last,
+        "cudagraph_skips": _cudagraph_skips(config),
     }
+
+
+def _cudagraph_skips(config: TrainConfig) -> int | None:
+    """Compiled with CUDA graphs on CUDA: how often Inductor ran a graph without them (0: they replayed)."""
+    t = config.trainer
+    if not (t.compile and t.compile_mode == "reduce-overhead" and resolve_device(t.device).type == "cuda"):
+        return None
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def _timed(reports: list[dict], batch: int) -> tuple[int, float]:
@@ -242,7 +253,8 @@ def _measure_fused(config: TrainConfig, fuse: int) -> dict[str, Any]:
     if any(r.status != Status.FINISHED for r in results):
         raise RuntimeError(f"bench: fused runs ended with {[r.status for r in results]} on {config.model.name}")
     images, seconds = _timed(reports[0], config.trainer.batch_size)  # every member trains the same steps
-    return {"images_per_s": fuse * images / seconds, "peak_memory_mb": _peak_memory_mb(device)}
+    return {"images_per_s": fuse * images / seconds, "peak_memory_mb": _peak_memory_mb(device),
+            "cudagraph_skips": _cudagraph_skips(config)}
 
 
 # -- the benchmark ---------------------------------------------------------------------------------
@@ -306,6 +318,7 @@ def run_bench(
         "channels_last": fast["channels_last"],
         "compile": compile,
         "compile_mode": compile_mode if compile else None,
+        "cudagraph_skips": fast["cudagraph_skips"],
     }
     if eager is not None:
         result |= _compile_payoff(fast, eager, batch_size)
@@ -322,6 +335,7 @@ def run_bench(
             "fused_images_per_s": fused["images_per_s"],
             "fused_speedup": fused["images_per_s"] / fast["images_per_s"],  # over the same runs one after another
             "fused_peak_memory_mb": fused["peak_memory_mb"],
+            "fused_cudagraph_skips": fused["cudagraph_skips"],
         }
     return result
 

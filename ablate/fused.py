@@ -290,6 +290,7 @@ class _FusedRun:
             self.net = build_model(configs[0].model, **dims)  # shapes only: functional_call supplies the tensors
         self.parts = _part_params(self.members[0].model)
         self.stack = _Stack.of([m.model for m in self.active], [m.optimizer for m in self.active]) if self.active else None
+        self._static_inputs()
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
         step = torch.vmap(self._member_step, in_dims=(0, 0, 1, 0), randomness="different")
         evaluate = torch.vmap(self._member_logits, in_dims=(0, 0, None))
@@ -413,10 +414,19 @@ class _FusedRun:
         if not self.active:
             return
         self.stack = self.stack.select(keep)
+        self._static_inputs()
         window.select(torch.tensor(keep, device=self.device))
         self._hyper()
 
     # -- helpers ----------------------------------------------------------------------------------------
+
+    def _static_inputs(self) -> None:
+        """Compiled: the stack's tensors are inputs whose address stays put, as a module's parameters and buffers
+        are. CUDA graphs (``compile_mode=reduce-overhead``) replay a function only when every input it mutates
+        is such (the step updates the BN buffers in place); otherwise Inductor skips them for the whole run."""
+        if self.t.compile and self.stack is not None:
+            for tensor in (*self.stack.params.values(), *self.stack.buffers.values()):
+                torch._dynamo.mark_static_address(tensor)
 
     def _hyper(self) -> None:
         """Per-element weight decay and momentum of the active members; the lr is set per step."""

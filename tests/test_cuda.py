@@ -1,7 +1,7 @@
 """The CUDA path: skipped without a GPU; ``scripts/gpu_check.sh`` runs these with ``pytest -m cuda``.
 
 Tolerances are looser than on the CPU: cuDNN picks different algorithms for a grouped conv (fused)
-and a plain one, and bf16 rounds at 8 bits of mantissa.
+and a plain one, and bf16 rounds at 8 bits of mantissa. fp32 is IEEE fp32 here, not cuDNN's default TF32.
 """
 
 from __future__ import annotations
@@ -19,7 +19,18 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 def cuda(seed: int = 3, **trainer):
-    return tiny(seed, device="cuda", deterministic=True, **trainer)
+    return tiny(seed, **({"device": "cuda", "deterministic": True} | trainer))
+
+
+@pytest.fixture(autouse=True)
+def ieee_fp32_convs():
+    """cuDNN runs fp32 convolutions as TF32 (10-bit mantissa) by default on Ampere and later GPUs; these tests
+    hold CUDA fp32 to the CPU's figures, so they ask for IEEE fp32 (conv and RNN alike: PyTorch refuses a mix)."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision
+    cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = "ieee"
+    yield
+    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = before
 
 
 def run(config):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.gpu_check import TARGETS, markdown, plan, summarise
+from ablate.gpu_check import TARGETS, _last_json, _launch, markdown, plan, summarise
 
 ABSENT = ("ray", "mlflow", "optuna")
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,13 @@ def test_summary_sets_the_figures_against_the_targets():
     cpu = markdown(summarise({"device_name": None, "memory_gb": None, "torch": "2.13", "cuda": None, "python": "3.11",
                               "cpu_count": 2}, []))
     assert cpu.startswith("# GPU check: no GPU (--smoke: CPU), torch 2.13") and "None GB" not in cpu
+
+
+def test_an_item_that_prints_after_its_result_or_fails_is_recorded_and_the_check_goes_on():
+    assert _last_json('{"images_per_s": 5.0}\nW1122 some library line\n') == {"images_per_s": 5.0}
+    assert _last_json("not json\n[1, 2]\n") is None
+    failed = _launch({"kind": "nonsense", "args": {}}, timeout=120)
+    assert failed["status"] == "error" and "unknown item 'nonsense'" in failed["error"]
 
 
 def test_the_plan_fits_the_budget_and_the_smoke_plan_runs_on_cpu():
