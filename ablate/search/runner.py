@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -220,6 +221,7 @@ def _tuner(study: Study, trainable, experiment: Path, callbacks: list[tune.Callb
 
 def _restore(study: Study, trainable, experiment: Path, callbacks: list[tune.Callback]) -> tune.Tuner:
     """The interrupted Tuner, continuing unfinished and errored trials from their last checkpoints."""
+    _restore_deleted_checkpoints(experiment)
     tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
     # Tune brings back the RunConfig pickled by the first invocation, callbacks included, and has no
     # public way to replace them (ray-project/ray#41364): this invocation records through its own writer.
@@ -357,6 +359,41 @@ def _quiet_ray() -> Iterator[None]:
                 os.environ[key] = value
         tune_logger.setLevel(tune_level)
         optuna.logging.set_verbosity(optuna_level)
+
+
+def _restore_deleted_checkpoints(experiment: Path) -> None:
+    """Put back a checkpoint that Tune's saved state names but Tune itself deleted, from the trial's newest.
+
+    With ``num_to_keep``, Tune deletes a trial's previous checkpoint as soon as it registers the next one,
+    and only then saves the experiment state that names the new one: a driver killed in between leaves a
+    state naming a checkpoint that is gone, and every restore of that trial fails ("Could not recover
+    from checkpoint as it does not exist on storage anymore"), on every ``--resume``. The trial's newest
+    checkpoint (the one registered just before the kill) is copied under the missing name; the trainable
+    resumes from the position stored inside it, and Tune deletes the copy at the trial's next checkpoint.
+    Reads Tune's own state with its own loader; a layout this Ray version does not have is left alone.
+    """
+    try:
+        from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+        states = sorted(experiment.glob("experiment_state-*.json"))  # Tune restores from the newest
+        if not states:
+            return
+        named = []
+        for trial_state, run_metadata in _loads_with_cloudpickle(states[-1].read_text())["trial_data"]:
+            trial = Trial.from_json_state(trial_state, stub=True)
+            trial.restore_run_metadata(run_metadata)
+            if trial.checkpoint is not None and trial.status != Trial.TERMINATED:
+                named.append(experiment / trial.storage.trial_dir_name / Path(trial.checkpoint.path).name)
+    except Exception as error:  # noqa: BLE001 - Tune's internals moved: restore as Tune does
+        print(f"note: could not check the trials' checkpoints before resuming ({type(error).__name__}: {error})",
+              flush=True)
+        return
+    for missing in (path for path in named if not path.exists()):
+        kept = sorted(missing.parent.glob("checkpoint_*"))
+        if kept:
+            shutil.copytree(kept[-1], missing)
+            print(f"{missing.parent.name}: its checkpoint {missing.name} was deleted by Tune before a kill "
+                  f"could save the state naming {kept[-1].name}; resuming from {kept[-1].name}", flush=True)
 
 
 def _no_restore_hint(record: logging.LogRecord) -> bool:
