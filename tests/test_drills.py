@@ -131,7 +131,9 @@ def end_all(processes: list[psutil.Process]) -> None:
 # -- kill -9 of the driver -------------------------------------------------------------------------------
 
 
-def test_kill_9_of_the_driver_then_resume_loses_nothing_and_a_local_ray_listens_on_loopback(tmp_path, ray_session):
+def test_kill_9_of_the_driver_then_resume_loses_nothing_and_a_local_ray_listens_on_loopback(
+    tmp_path, ray_session, capfd
+):
     trainer = {**TINY["trainer"], "iterations": 160, "eval_every": 40}  # evaluations far enough apart to kill between
     path = study_file(tmp_path, "killed", space={"model.shortcut": ["A", "B", "none"]}, max_concurrent=1,
                       trainer=trainer)
@@ -178,7 +180,9 @@ def test_kill_9_of_the_driver_then_resume_loses_nothing_and_a_local_ray_listens_
             moved.append(kept[-1].rename(trial_dir / f"checkpoint_{index + 1:06d}"))
     assert moved, sorted(p.name for p in experiment.iterdir())
 
+    capfd.readouterr()
     assert run_study(load_study(path), resume=True, tracking_uri=uri, storage_path=storage) == 0
+    assert f"resuming from {moved[0].name}" in capfd.readouterr().out  # put back under the name Tune's state holds
     after = all_runs(uri, "killed")
     assert [run.info.status for run in after if run.info.status == "RUNNING"] == []
     first, second = role(after, layout.ROLE_STUDY)

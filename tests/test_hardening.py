@@ -7,6 +7,7 @@ a report that must stay inside ``--out``. The drills that need Ray are in ``test
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -407,3 +408,34 @@ def test_a_first_invocation_has_no_trials_ended_in_earlier_runs():
     resumed = Recorder(None, expected=2, resumed=True)
     resumed.on_experiment_end(trials)
     assert resumed.done_before == 1
+
+
+def test_resume_puts_back_only_a_deleted_checkpoint_named_inside_a_trial_directory(tmp_path):
+    """A state file naming a checkpoint Tune deleted gets the trial's newest copied under that name; names that
+    leave the experiment, finished trials and present checkpoints are left alone (the file is read as JSON)."""
+    from ablate.search.runner import _restore_deleted_checkpoints
+
+    experiment = tmp_path / "study"
+
+    def trial(name: str, status: str, checkpoint: str) -> list[str]:
+        return [json.dumps({"status": status, "relative_logdir": name}),
+                json.dumps({"last_result": {"checkpoint_dir_name": checkpoint}})]
+
+    for name, newest in (("t1", "checkpoint_000002"), ("t2", "checkpoint_000001"), ("t3", "checkpoint_000004")):
+        (experiment / name / newest).mkdir(parents=True)
+        (experiment / name / newest / "checkpoint.pt").write_text(name)
+    state = {"trial_data": [
+        trial("t1", "RUNNING", "checkpoint_000001"),  # deleted by Tune before the kill
+        trial("t2", "PENDING", "checkpoint_000001"),  # present
+        trial("t3", "TERMINATED", "checkpoint_000003"),  # finished: never restored
+        trial("..", "RUNNING", "checkpoint_000001"),
+        trial("t1", "RUNNING", "../../escaped"),
+    ]}
+    (experiment / "experiment_state-2026-11-22_00-00-00.json").write_text(json.dumps(state))
+    _restore_deleted_checkpoints(experiment)
+    assert (experiment / "t1" / "checkpoint_000001" / "checkpoint.pt").read_text() == "t1"
+    assert sorted(p.name for p in (experiment / "t2").iterdir()) == ["checkpoint_000001"]
+    assert sorted(p.name for p in (experiment / "t3").iterdir()) == ["checkpoint_000004"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study"] and not (tmp_path / "escaped").exists()
+    (experiment / "experiment_state-2026-11-22_00-00-01.json").write_text("{not json")
+    _restore_deleted_checkpoints(experiment)  # a state Tune cannot read either: left to Tune's own error

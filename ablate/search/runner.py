@@ -21,8 +21,10 @@ trial, each from its last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -370,30 +372,33 @@ def _restore_deleted_checkpoints(experiment: Path) -> None:
     from checkpoint as it does not exist on storage anymore"), on every ``--resume``. The trial's newest
     checkpoint (the one registered just before the kill) is copied under the missing name; the trainable
     resumes from the position stored inside it, and Tune deletes the copy at the trial's next checkpoint.
-    Reads Tune's own state with its own loader; a layout this Ray version does not have is left alone.
-    """
-    try:
-        from ray.tune.utils.serialization import _loads_with_cloudpickle
 
-        states = sorted(experiment.glob("experiment_state-*.json"))  # Tune restores from the newest
-        if not states:
-            return
-        named = []
-        for trial_state, run_metadata in _loads_with_cloudpickle(states[-1].read_text())["trial_data"]:
-            trial = Trial.from_json_state(trial_state, stub=True)
-            trial.restore_run_metadata(run_metadata)
-            if trial.checkpoint is not None and trial.status != Trial.TERMINATED:
-                named.append(experiment / trial.storage.trial_dir_name / Path(trial.checkpoint.path).name)
-    except Exception as error:  # noqa: BLE001 - Tune's internals moved: restore as Tune does
+    Reads the JSON fields of Tune's newest state file only (no unpickling): per trial its status, its
+    directory and the checkpoint of its last result, which every report of ours carries (a diverged one
+    ends the trial). Names that are not a trial directory and a ``checkpoint_N`` inside it are ignored.
+    """
+    states = sorted(experiment.glob("experiment_state-*.json"))  # Tune restores from the newest
+    if not states:
+        return
+    try:
+        trials = [(json.loads(trial), json.loads(metadata))
+                  for trial, metadata in json.loads(states[-1].read_text())["trial_data"]]
+        named = [(trial["relative_logdir"], (metadata.get("last_result") or {}).get("checkpoint_dir_name"))
+                 for trial, metadata in trials if trial.get("status") != Trial.TERMINATED]
+    except (ValueError, KeyError, TypeError) as error:  # Tune's own restore reports a state it cannot read
         print(f"note: could not check the trials' checkpoints before resuming ({type(error).__name__}: {error})",
               flush=True)
         return
-    for missing in (path for path in named if not path.exists()):
+    for trial_dir, name in named:
+        if not (isinstance(trial_dir, str) and isinstance(name, str) and re.fullmatch(r"[\w.-]+", trial_dir)
+                and trial_dir not in (".", "..") and re.fullmatch(r"checkpoint_\d+", name)):
+            continue
+        missing = experiment / trial_dir / name
         kept = sorted(missing.parent.glob("checkpoint_*"))
-        if kept:
+        if not missing.exists() and kept:
             shutil.copytree(kept[-1], missing)
-            print(f"{missing.parent.name}: its checkpoint {missing.name} was deleted by Tune before a kill "
-                  f"could save the state naming {kept[-1].name}; resuming from {kept[-1].name}", flush=True)
+            print(f"{trial_dir}: its checkpoint {name} was deleted by Tune before a kill could save the state "
+                  f"naming {kept[-1].name}; resuming from {kept[-1].name}", flush=True)
 
 
 def _no_restore_hint(record: logging.LogRecord) -> bool:
