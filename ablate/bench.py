@@ -219,14 +219,13 @@ def measure_trainer(config: TrainConfig, barrier=None) -> dict[str, Any]:
         "peak_memory_mb": _peak_memory_mb(device),
         "bf16": fast if t.bf16 is None else t.bf16,
         "channels_last": fast if t.channels_last is None else t.channels_last,
-        "cudagraph_skips": _cudagraph_skips(config),
+        "cudagraph_skips": _cudagraph_skips(t, device),
     }
 
 
-def _cudagraph_skips(config: TrainConfig) -> int | None:
+def _cudagraph_skips(t: TrainerConfig, device: torch.device) -> int | None:
     """Compiled with CUDA graphs on CUDA: how often Inductor ran a graph without them (0: they replayed)."""
-    t = config.trainer
-    if not (t.compile and t.compile_mode == "reduce-overhead" and resolve_device(t.device).type == "cuda"):
+    if not (t.compile and t.compile_mode == "reduce-overhead" and device.type == "cuda"):
         return None
     from torch._dynamo.utils import counters
 
@@ -254,7 +253,7 @@ def _measure_fused(config: TrainConfig, fuse: int) -> dict[str, Any]:
         raise RuntimeError(f"bench: fused runs ended with {[r.status for r in results]} on {config.model.name}")
     images, seconds = _timed(reports[0], config.trainer.batch_size)  # every member trains the same steps
     return {"images_per_s": fuse * images / seconds, "peak_memory_mb": _peak_memory_mb(device),
-            "cudagraph_skips": _cudagraph_skips(config)}
+            "cudagraph_skips": _cudagraph_skips(config.trainer, device)}
 
 
 # -- the benchmark ---------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ def test_cuda_fp32_follows_the_cpu_run():
 
 
 def test_deterministic_cuda_runs_repeat_to_the_bit():
-    """trainer.deterministic on CUDA: cuBLAS's fixed workspace (set by ablate.trainer on import) and the head's
-    mean (AdaptiveAvgPool2d's CUDA backward has no deterministic kernel) let it run, and run the same twice."""
+    """trainer.deterministic on CUDA: cuBLAS's fixed workspace (set by ablate.trainer on import) lets the linear
+    layer run under torch.use_deterministic_algorithms, and the run repeats to the bit."""
     first, second = run(cuda(3, iterations=10)), run(cuda(3, iterations=10))
     assert [m["train_loss"] for m in first] == [m["train_loss"] for m in second]
     assert [m["grad_norm/stem"] for m in first] == [m["grad_norm/stem"] for m in second]

@@ -414,8 +414,8 @@ def test_register_model_refuses_a_name_that_is_not_the_spec_name():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_global_avg_pool_gives_adaptive_avg_pools_numbers_to_the_bit(dtype, channels_last):
-    """The head's mean (deterministic on CUDA, batched by vmap) changes no CPU result: the same bits as
-    AdaptiveAvgPool2d(1), forward and backward."""
+    """The head's mean (batched by vmap, unlike AdaptiveAvgPool2d's in-place restride on channels_last)
+    changes no result: the same bits as AdaptiveAvgPool2d(1), forward and backward."""
     torch.manual_seed(0)
     x = torch.randn(100, 64, 8, 8).to(dtype)
     if channels_last:

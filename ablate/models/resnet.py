@@ -118,9 +118,9 @@ def _stem(spec: ModelSpec, in_channels: int, width: int) -> nn.Sequential:
 class GlobalAvgPool(nn.Module):
     """Global average pooling as a mean over height and width, (N, C, H, W) -> (N, C, 1, 1).
 
-    ``nn.AdaptiveAvgPool2d(1)``'s numbers to the bit on the CPU (fp32 and bf16, NCHW and channels_last,
-    forward and backward), but its CUDA backward is deterministic (AdaptiveAvgPool2d's raises under
-    ``trainer.deterministic``) and vmap batches it (fused runs; AdaptiveAvgPool2d falls back to a loop).
+    For a 1x1 output PyTorch's ``nn.AdaptiveAvgPool2d(1)`` computes the same mean (the same numbers, to the
+    bit), then, on channels_last input, restrides it in place with ``as_strided_``, which vmap has no
+    batching rule for: fused runs fell back to a per-member loop there. The mean alone batches.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
