@@ -6,7 +6,7 @@ own freshly spawned Python process (its own peak memory, threads and compile cac
 - **fast**: the real shared trainer, :func:`ablate.trainer.train`, on synthetic CIFAR-shaped data:
   the data resident on the device, whole-batch augmentation there, foreach SGD, and bf16 autocast /
   channels_last / torch.compile as its switches say (``None``: the trainer's own rule,
-  :func:`ablate.trainer.speed_defaults`). ``eval_every = warmup_steps``, so the first report covers
+  :func:`ablate.device.speed_defaults`). ``eval_every = warmup_steps``, so the first report covers
   the warm-up and the later ones the timed steps; the trainer times training only, never evaluation.
 - **conventional**: what most public reproductions do: a ``Dataset`` that pads, crops, flips,
   converts and normalises one image at a time (torchvision's ``RandomCrop(32, padding=4)``,
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import platform
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -51,16 +50,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError, DataConfig, ModelSpec, TrainConfig, TrainerConfig
 from ablate.data import load_dataset
+from ablate.device import device_name, resolve_device, speed_defaults, sync
 from ablate.fused import train_fused
 from ablate.metrics import Status
 from ablate.models import build_model, model_spec
-from ablate.trainer import resolve_device, speed_defaults, train
+from ablate.trainer import train
 
 __all__ = [
     "BASELINE_WORKERS",
     "AugmentedImages",
     "bench_config",
-    "device_name",
     "format_bench",
     "measure_trainer",
     "run_bench",
@@ -169,11 +168,11 @@ def _measure_baseline(config: TrainConfig, warmup_steps: int, steps: int, worker
 
     for _ in range(warmup_steps):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     del batches  # shuts the workers down, so their peak RSS is recorded below
     return {
@@ -279,7 +278,7 @@ def run_bench(
     Order: the fast path (eager first when ``compile``, so the compile cost and its break-even point
     can be computed from the two runs), then the conventional pipeline with ``workers`` loader
     workers; each in its own spawned process. ``bf16`` / ``channels_last``: ``None`` is the trainer's
-    default (:func:`ablate.trainer.speed_defaults`). ``trials > 1``: then also that many trainer runs at
+    default (:func:`ablate.device.speed_defaults`). ``trials > 1``: then also that many trainer runs at
     once on the same device (small trials sharing one GPU), timed together after a common barrier.
     ``fuse > 1``: then also that many runs fused into one (``compile_mode``: ``reduce-overhead`` is
     torch.compile with CUDA graphs).
@@ -427,19 +426,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or 'CPU'}, {os.cpu_count()} cores"

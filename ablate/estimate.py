@@ -56,7 +56,7 @@ class Rate:
     """Training FLOP/s of the shared trainer on one device, and where the figure comes from."""
 
     flop_per_s: float
-    device: str  # as ablate.bench.device_name says it: "NVIDIA H100 ...", "Intel(R) Xeon(R) ..., 2 cores"
+    device: str  # as ablate.device.device_name says it: "NVIDIA H100 ...", "Intel(R) Xeon(R) ..., 2 cores"
     source: str  # "ablate bench" | "calibration"
     measured: str  # when, "2026-11-22 04:30"
 
@@ -81,7 +81,8 @@ def _calibrate(device: str, config: TrainConfig | None = None) -> Rate:
     """
     import torch
 
-    from ablate.bench import bench_config, device_name, measure_trainer
+    from ablate.bench import bench_config, measure_trainer
+    from ablate.device import device_name
     from ablate.models import count_macs
     from ablate.trainer import train
 

@@ -45,19 +45,17 @@ nesterov else buf)).
 Random numbers inside the network (the ``dropout`` shortcut) are drawn per member
 (``randomness="different"``), so such members match their runs alone in distribution, not bit for bit.
 
-Checkpoints: ``checkpoint_dir/member<i>/checkpoint.pt``, each in the format ``train`` writes, so a
-member can also be resumed alone by ``train``. A member that diverged keeps a checkpoint whose history
-ends with its ``diverged`` report; resuming the group leaves it ended.
+The loop, setup, evaluation, checkpoints and reports are :mod:`ablate.loop`'s, the same as ``train``'s;
+this module is its vmap engine. Checkpoints: ``checkpoint_dir/member<i>/checkpoint.pt``, each in the
+format ``train`` writes, so a member can also be resumed alone by ``train``. A member that diverged
+leaves the marker ``member<i>/diverged.json`` (:mod:`ablate.checkpoint`, the rule of every run);
+resuming the group leaves it ended.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,32 +63,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ablate.config import FUSABLE_KEYS, ConfigError, TrainConfig, check_fusable, fuse_key
-from ablate.data import load_dataset
-from ablate.metrics import LAYER_RESPONSES, STATUS, Status
+from ablate.loop import ReportCallback, Run, TrainResult, active_members, as_path, deterministic, prepare, run_members
 from ablate.models import build_model
-from ablate.schedule import PaperWarmup, learning_rate
-from ablate.trainer import (
-    DIVERGENCE_CHECK_EVERY,
-    ReportCallback,
-    TrainResult,
-    _deterministic,
-    _device_splits,
-    _epoch_batches,
-    _evaluate,
-    _load_checkpoint,
-    _optimizer,
-    _Position,
-    _save_checkpoint,
-    _sync,
-    _Window,
-    _window_metrics,
-    layer_responses,
-    resolve_device,
-    speed_defaults,
-)
 
 # FUSABLE_KEYS, fuse_key and check_fusable live in ablate.config (studies pack trials by them without torch)
-__all__ = ["FUSABLE_KEYS", "check_fusable", "fuse_key", "member_dir", "train_fused"]
+__all__ = ["FUSABLE_KEYS", "VmapEngine", "check_fusable", "fuse_key", "member_dir", "train_fused"]
 
 
 def member_dir(directory: str | os.PathLike, index: int) -> Path:
@@ -179,45 +156,6 @@ def _momentum(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch.Te
     return torch.zeros_like(param) if buffer is None else buffer.detach()
 
 
-class _FusedWindow(_Window):
-    """The trainer's window with (K,) sums: one entry per member."""
-
-    def __init__(self, device: torch.device, parts: list[str], members: int):
-        self.members = members
-        super().__init__(device, parts)
-
-    def _zero(self) -> torch.Tensor:
-        return torch.zeros(self.members, dtype=torch.float64, device=self.device)
-
-    def member(self, k: int) -> _Window:
-        """Member ``k``'s window as the trainer's own, for :func:`ablate.trainer._window_metrics`."""
-        view = _Window(self.device, self.parts)
-        view.loss, view.wrong, view.images = self.loss[k], self.wrong[k], self.images
-        view.grad_norms = {part: total[k] for part, total in self.grad_norms.items()}
-        view.grad_samples, view.train_seconds = self.grad_samples, self.train_seconds
-        return view
-
-    def select(self, keep: torch.Tensor) -> None:
-        self.members = len(keep)
-        self.loss, self.wrong = self.loss[keep], self.wrong[keep]
-        self.grad_norms = {part: total[keep] for part, total in self.grad_norms.items()}
-
-
-@dataclass
-class _Member:
-    """One run of the group: what ``train`` would hold for it alone."""
-
-    index: int  # position in the caller's list (checkpoint folder member<index>)
-    config: TrainConfig
-    report: ReportCallback
-    model: torch.nn.Module  # plain copy: checkpoints and layer responses
-    optimizer: torch.optim.SGD  # plain SGD: the checkpoint format of ``train``
-    pos: _Position
-    warmup: PaperWarmup
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-    result: TrainResult | None = None
-
-
 # -- training ---------------------------------------------------------------------------------------
 
 
@@ -242,56 +180,25 @@ def train_fused(
     if len(reports) != len(configs):
         raise ConfigError(f"train_fused needs one report callback per config, got {len(reports)} for {len(configs)}")
     check_fusable(configs)
-    t = configs[0].trainer
-    device = resolve_device(t.device)
-    fast = speed_defaults(device)
-    use_bf16 = fast if t.bf16 is None else t.bf16
-    channels_last = fast if t.channels_last is None else t.channels_last
-    with _deterministic(t.deterministic):
-        run = _FusedRun(configs, reports, device, use_bf16, channels_last, checkpoint_dir, resume_from)
-        return run.train(after_reports or (lambda: None))
+    member_dirs = lambda root: [None if root is None else member_dir(root, i) for i in range(len(configs))]  # noqa: E731
+    with deterministic(configs[0].trainer.deterministic):
+        run = prepare(configs, reports, checkpoint_dirs=member_dirs(as_path(checkpoint_dir)),
+                      resume_dirs=member_dirs(as_path(resume_from)))
+        return run_members(run, VmapEngine(run), after_reports or (lambda: None))
 
 
-class _FusedRun:
-    """Setup in ``__init__``; ``train`` runs the loop of :func:`ablate.trainer.train` for the stack."""
+class VmapEngine:
+    """The active members as one :class:`_Stack`, stepped by one vmapped forward and backward and one SGD step."""
 
-    def __init__(self, configs, reports, device, use_bf16, channels_last, checkpoint_dir, resume_from):
-        t = self.t = configs[0].trainer
-        self.device, self.channels_last, self.checkpoint_dir = device, channels_last, checkpoint_dir
-        splits = load_dataset(configs[0].data)
-        dims = dict(in_channels=splits.in_channels, num_classes=splits.num_classes)
-        self.train_data, self.val_data, self.test_data = _device_splits(splits, device, channels_last)
-        self.batches_per_epoch = self.train_data.batches_per_epoch(t.batch_size)
-        self.total = t.run_length(self.batches_per_epoch)
-        self.eval_every = t.eval_every or self.batches_per_epoch
-        self.members: list[_Member] = []
-        for index, (config, report) in enumerate(zip(configs, reports)):
-            torch.manual_seed(config.seed)  # initialisation, as train() does it
-            model = build_model(config.model, **dims).to(device)
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            optimizer = _optimizer(model, config)  # train()'s, for its checkpoint format; the stack steps
-            generator = torch.Generator().manual_seed(config.seed)  # replaced by the checkpoint's on resume
-            pos, warmup = _Position(), PaperWarmup.start(config.trainer)
-            if resume_from is not None:
-                pos, warmup = _load_checkpoint(member_dir(resume_from, index), model, optimizer)
-            batches = _epoch_batches(self.train_data, t.batch_size, generator, config.data.augment, pos)
-            member = _Member(index, config, report, model, optimizer, pos, warmup, batches)
-            if pos.history and pos.history[-1][STATUS] == Status.DIVERGED:  # ended before the checkpoint
-                member.result = TrainResult(Status.DIVERGED, pos.history)
-            self.members.append(member)
-        self.active = [m for m in self.members if m.result is None]
-        if len({m.pos.iteration for m in self.active}) > 1:
-            raise ConfigError(f"{resume_from}: the members' checkpoints are at different iterations; cannot resume fused")
-        self.iteration = self.active[0].pos.iteration if self.active else self.total
-        self.wall_time = max((m.pos.wall_time for m in self.active), default=0.0)
-
+    def __init__(self, run: Run):
+        self.members = active_members(run)  # the plain copies: checkpoints and layer responses
+        t = self.t = run.members[0].config.trainer
+        self.device, self.channels_last, self.autocast = run.device, run.channels_last, run.autocast
         with torch.device("meta"):
-            self.net = build_model(configs[0].model, **dims)  # shapes only: functional_call supplies the tensors
-        self.parts = _part_params(self.members[0].model)
-        self.stack = _Stack.of([m.model for m in self.active], [m.optimizer for m in self.active]) if self.active else None
+            self.net = build_model(run.members[0].config.model, **run.dims)  # shapes only: functional_call supplies the tensors
+        self.parts = _part_params(run.members[0].model)
+        self.stack = _Stack.of([m.model for m in self.members], [m.optimizer for m in self.members]) if self.members else None
         self._static_inputs()
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
         step = torch.vmap(self._member_step, in_dims=(0, 0, 1, 0), randomness="different")
         evaluate = torch.vmap(self._member_logits, in_dims=(0, 0, None))
         if t.compile:
@@ -308,114 +215,39 @@ class _FusedRun:
         logits = functional_call(self.net, (params, buffers), (x,))
         return logits, F.cross_entropy(logits, y)
 
-    def _forward_eval(self, x: torch.Tensor) -> torch.Tensor:
+    # -- the engine -----------------------------------------------------------------------------------
+
+    def step(self, batches, lrs, *, grad_norms):
+        """Stack the batches, set the per-element lr, vmapped forward, one backward of the summed losses,
+        sample gradient norms, one SGD step of the flat vector (see the module docstring)."""
+        x = _stack_batches([x for x, _ in batches], self.channels_last)
+        y = torch.stack([y for _, y in batches])
+        self._set_lr(lrs)
+        params = list(self.stack.params.values())
+        with self.autocast:
+            logits, losses = self._step_fn(self.stack.params, self.stack.buffers, x, y)
+        grads = torch.autograd.grad(losses.sum(), params)
+        norms = self._grad_norms(grads) if grad_norms else None
+        self.stack.sgd_step(grads, self._lr, self._wd, self._momentum, self.t.nesterov)
+        return losses.detach(), (logits.argmax(-1) != y).sum(-1), norms
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self._eval_fn(self.stack.params, self.stack.buffers, x)
 
-    # -- the loop -------------------------------------------------------------------------------------
-
-    def train(self, after_reports: Callable[[], None]) -> list[TrainResult]:
-        t, B = self.t, self.t.batch_size
-        window = _FusedWindow(self.device, list(self.parts), len(self.active))
-        warm_wrong = torch.zeros(len(self.active), dtype=torch.float64, device=self.device)
-        started = time.perf_counter() - self.wall_time
+    def train_mode(self) -> None:
         self.net.train()
-        tick = time.perf_counter()
-        while self.active and self.iteration < self.total:
-            batches = [next(m.batches) for m in self.active]
-            x = _stack_batches([x for x, _ in batches], self.channels_last)
-            y = torch.stack([y for _, y in batches])
-            lrs = [learning_rate(m.config.trainer, self.iteration, self.total, warming_up=m.warmup.active)
-                   for m in self.active]
-            self._set_lr(lrs)
-            params = list(self.stack.params.values())
-            with self.autocast:
-                logits, losses = self._step_fn(self.stack.params, self.stack.buffers, x, y)
-            grads = torch.autograd.grad(losses.sum(), params)
-            self.iteration += 1
-            for m in self.active:
-                m.pos.iteration = self.iteration
-            if self.iteration % t.grad_norm_every == 0:
-                self._add_grad_norms(window, grads)
-            self.stack.sgd_step(grads, self._lr, self._wd, self._momentum, t.nesterov)
-            wrong = (logits.argmax(-1) != y).sum(-1)
-            window.add(losses.detach(), wrong, B)
 
-            if any(m.warmup.active for m in self.active):
-                warm_wrong += wrong
-                for j, m in enumerate(self.active):
-                    c = m.config.trainer
-                    if m.warmup.needs_check(c, self.iteration):
-                        m.warmup.update(c, self.iteration, warm_wrong[j].item() / (c.warmup.check_every * B))
-                        warm_wrong[j] = 0
-            check = self.iteration % DIVERGENCE_CHECK_EVERY == 0
-            finite = torch.isfinite(window.loss).tolist() if check else [True] * len(self.active)
-            at_eval = self.iteration % self.eval_every == 0 or self.iteration == self.total
-            if not (at_eval or not all(finite)):
-                continue
+    def eval_mode(self) -> None:
+        self.net.eval()
 
-            _sync(self.device)
-            window.train_seconds += time.perf_counter() - tick
-            metrics = [_window_metrics(window.member(j), m.pos, self.batches_per_epoch, lrs[j], started)
-                       for j, m in enumerate(self.active)]
-            ended = [j for j, m in enumerate(metrics) if not (finite[j] and math.isfinite(m["train_loss"]))]
-            for j in ended:
-                self._diverged(self.active[j], metrics[j])
-            if at_eval:
-                self._evaluation_point([(m, metrics[j]) for j, m in enumerate(self.active) if j not in ended])
-            after_reports()
-            if ended:
-                keep = [j for j in range(len(self.active)) if j not in ended]
-                self._drop(keep, window)
-                warm_wrong = warm_wrong[torch.tensor(keep, device=self.device)]
-            if at_eval:
-                window.reset()
-                self.net.train()
-            tick = time.perf_counter()
-        return [m.result or TrainResult(Status.FINISHED, m.pos.history, m.pos.history[-1].get(LAYER_RESPONSES))
-                for m in self.members]
+    def sync_members(self) -> None:
+        for j, m in enumerate(self.members):
+            self.stack.unstack_into(j, m.model, m.optimizer)
 
-    def _evaluation_point(self, members: list[tuple[_Member, dict]]) -> None:
-        """Evaluate the stack; per member: metrics, checkpoint, then report (the order ``train`` keeps)."""
-        t = self.t
-        errors = _evaluate(self._forward_eval, self.net, self.val_data, self.test_data, t.eval_batch_size,
-                           self.autocast)
-        finished = self.iteration == self.total
-        if finished or self.checkpoint_dir is not None:  # the plain copies serve checkpoints and responses
-            for j, m in enumerate(self.active):
-                self.stack.unstack_into(j, m.model, m.optimizer)
-        for member, metrics in members:
-            position = self.active.index(member)
-            metrics |= {key: values[position] for key, values in errors.items()}
-            metrics[STATUS] = Status.RUNNING
-            if finished:
-                responses = layer_responses(member.model, self.test_data or self.val_data, t.eval_batch_size,
-                                            self.autocast)
-                metrics |= {STATUS: Status.FINISHED, LAYER_RESPONSES: responses}
-            member.pos.history.append(metrics)
-            member.pos.wall_time = metrics["wall_time"]
-            if self.checkpoint_dir is not None:
-                _save_checkpoint(member_dir(self.checkpoint_dir, member.index), member.model, member.optimizer,
-                                 member.pos, member.warmup)
-        for member, metrics in members:
-            member.report(metrics)
-
-    def _diverged(self, member: _Member, metrics: dict) -> None:
-        metrics[STATUS] = Status.DIVERGED
-        member.pos.history.append(metrics)
-        member.result = TrainResult(Status.DIVERGED, member.pos.history)
-        if self.checkpoint_dir is not None:  # marks the member as ended for a resumed group
-            _save_checkpoint(member_dir(self.checkpoint_dir, member.index), member.model, member.optimizer,
-                             member.pos, member.warmup)
-        member.report(metrics)
-
-    def _drop(self, keep: list[int], window: _FusedWindow) -> None:
-        """Carry on with the members at positions ``keep`` only."""
-        self.active = [self.active[j] for j in keep]
-        if not self.active:
-            return
+    def drop(self, keep: list[int]) -> None:
+        self.members = [self.members[j] for j in keep]
         self.stack = self.stack.select(keep)
         self._static_inputs()
-        window.select(torch.tensor(keep, device=self.device))
         self._hyper()
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -430,9 +262,9 @@ class _FusedRun:
 
     def _hyper(self) -> None:
         """Per-element weight decay and momentum of the active members; the lr is set per step."""
-        if not self.active:
+        if not self.members:
             return
-        per_member = lambda key: torch.tensor([getattr(m.config.trainer, key) for m in self.active],  # noqa: E731
+        per_member = lambda key: torch.tensor([getattr(m.config.trainer, key) for m in self.members],  # noqa: E731
                                               dtype=self.stack.flat.dtype, device=self.device)
         self._wd = self.stack.per_element(per_member("weight_decay"))
         self._momentum = self.stack.per_element(per_member("momentum"))
@@ -448,12 +280,11 @@ class _FusedRun:
         self._lr = self.stack.per_element(values.to(self.device, non_blocking=True))
         self._lrs = lrs
 
-    def _add_grad_norms(self, window: _FusedWindow, grads: Sequence[torch.Tensor]) -> None:
+    def _grad_norms(self, grads: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per member and part: the 2-norm of the part's gradients, as ``train`` takes it."""
-        for part, indices in self.parts.items():
-            norms = [torch.nn.utils.get_total_norm([grads[i][k] for i in indices]) for k in range(len(self.active))]
-            window.grad_norms[part] += torch.stack(norms).double()
-        window.grad_samples += 1
+        return {part: torch.stack([torch.nn.utils.get_total_norm([grads[i][k] for i in indices])
+                                   for k in range(len(self.members))]).double()
+                for part, indices in self.parts.items()}
 
 
 def _part_params(model) -> dict[str, list[int]]:

@@ -28,7 +28,7 @@ def calibrated_rate():
     import torch
 
     from ablate import estimate
-    from ablate.bench import device_name
+    from ablate.device import device_name
 
     patch = pytest.MonkeyPatch()
     rate = estimate.Rate(1e10, device_name(torch.device("cpu")), "test", "2026-11-22 00:00")
