@@ -28,14 +28,14 @@ from mlflow.entities import Metric, Param
 
 from ablate.config import DataConfig, ModelSpec, TrainConfig, flatten, with_overrides
 from ablate.tracking import layout
-from ablate.tracking.writer import MLFLOW_STATUS, run_params
+from ablate.tracking.writer import run_params
 
 START = 1_700_000_000_000  # ms; run start times count up from here, so "latest" is well defined
 ITERATIONS_PER_EPOCH = 100
 # Exact counts for basic blocks, option A (docs/REFERENCE.md); other shapes get a made-up, distinct number.
 PAPER_PARAMS = {3: 269_722, 5: 464_154, 7: 658_586, 9: 853_018, 18: 1_727_962}
 PROJECTION_PARAMS = {"B": 1_000, "C": 3_000}  # made up: projections add parameters
-MLFLOW_END_STATUS = MLFLOW_STATUS  # runs end as ablate.tracking.writer ends them
+MLFLOW_END_STATUS = layout.MLFLOW_STATUS  # runs end as the layout contract says
 
 
 @functools.cache

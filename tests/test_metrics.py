@@ -14,7 +14,8 @@ import pytest
 from ablate.config import DataConfig, ModelSpec, TrainConfig, TrainerConfig
 from ablate.metrics import EVAL_METRICS, GRAD_NORM_PREFIX, LAYER_RESPONSES, STATUS, TRAINER_END_STATUSES, Status
 from ablate.trainer import train
-from ablate.tracking.writer import MLFLOW_STATUS, RECORDED_OTHERWISE, reported_metrics
+from ablate.tracking.layout import MLFLOW_STATUS
+from ablate.tracking.writer import RECORDED_OTHERWISE, reported_metrics
 
 CASES = {  # name -> (data fields, trainer fields)
     "finished": ({}, {}),

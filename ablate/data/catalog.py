@@ -9,7 +9,9 @@ Adding a data set is one :class:`DataSource` in :data:`DATA_SOURCES` plus its re
 ``DataConfig -> RawData`` in :mod:`ablate.data.sources`, registered under the same name in
 ``ablate.data.splits.READERS``; a test fails while one lacks the other).
 
-This module imports nothing: the config schema reads it, and it must not pull in torch.
+This module imports nothing of the project (the ground floor): the config schema reads it, and it must
+not pull in torch. :func:`data_source` reads a :class:`~ablate.config.DataConfig` through the fields
+:class:`DataFields` names.
 
     >>> DATA_SOURCES["fashion-mnist"].shape, DATA_SOURCES["fashion-mnist"].train_images
     ((1, 28, 28), 60000)
@@ -18,12 +20,19 @@ This module imports nothing: the config schema reads it, and it must not pull in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ablate.config import DataConfig
+__all__ = ["DATA_SOURCES", "SYNTHETIC", "DataFields", "DataSource", "data_source", "dataset_names"]
 
-__all__ = ["DATA_SOURCES", "SYNTHETIC", "DataSource", "data_source", "dataset_names"]
+
+class DataFields(Protocol):
+    """What :func:`data_source` reads of a data config (:class:`ablate.config.DataConfig` has these fields)."""
+
+    name: str
+    synthetic_classes: int
+    synthetic_shape: tuple[int, int, int]
+    synthetic_train: int
+    synthetic_test: int
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,7 @@ def dataset_names() -> tuple[str, ...]:
     return (*DATA_SOURCES, SYNTHETIC)
 
 
-def data_source(data: DataConfig) -> DataSource:
+def data_source(data: DataFields) -> DataSource:
     """The facts of ``data.name``; for synthetic data, those its ``synthetic_*`` fields ask for."""
     if data.name == SYNTHETIC:
         return DataSource(SYNTHETIC, "synthetic", num_classes=data.synthetic_classes, shape=data.synthetic_shape,

@@ -35,12 +35,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ablate.metrics import Status
 from ablate.paths import project_root
 
 # tags
 TAG_STUDY = "ablate.study"  # study name, on parent and child runs
 TAG_ROLE = "ablate.role"  # "study" (parent) | "trial" (child)
 TAG_STATUS = "ablate.status"  # an ablate.metrics.Status: child, any; parent: running | finished | interrupted | failed
+# MLflow's own run status for each ablate.status a run ends with (a diverged or early-stopped trial
+# ran as the study planned; an interrupted one continues on --resume): the writer ends runs with it, the
+# store closes abandoned runs with it, readers may rely on it.
+MLFLOW_STATUS = {
+    Status.FINISHED: "FINISHED",
+    Status.DIVERGED: "FINISHED",
+    Status.STOPPED: "FINISHED",  # child: stopped early by ASHA
+    Status.INTERRUPTED: "KILLED",
+    Status.FAILED: "FAILED",
+}
 TAG_GROUP = "ablate.group"  # child: key of the configuration without its seed (replicates share it)
 TAG_LABEL = "ablate.label"  # child: short human label of the configuration, e.g. "resnet56-B"
 TAG_TRIAL = "ablate.trial_id"  # child: Ray Tune trial id; member k of a fused trial: "<trial id>.<k>"

@@ -169,8 +169,6 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     As a Ctrl-C would have left them (MLflow KILLED); ``--resume`` continues the study and reopens its
     trials. Returns the ids of the parent runs closed.
     """
-    from ablate.tracking.writer import MLFLOW_STATUS
-
     gone: dict[str, bool] = {}
     closed = []
     token = None
@@ -181,7 +179,7 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             if driver is None or not gone.setdefault(driver, driver_gone(driver)):
                 continue
             client.set_tag(run.info.run_id, layout.TAG_STATUS, Status.INTERRUPTED)
-            client.set_terminated(run.info.run_id, MLFLOW_STATUS[Status.INTERRUPTED])
+            client.set_terminated(run.info.run_id, layout.MLFLOW_STATUS[Status.INTERRUPTED])
             if run.data.tags.get(layout.TAG_ROLE) == layout.ROLE_STUDY:
                 closed.append(run.info.run_id)
         token = page.token

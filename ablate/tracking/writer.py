@@ -46,7 +46,6 @@ from ablate.tracking import layout, ui
 from ablate.tracking.store import close_abandoned_runs, driver_id, open_store
 
 __all__ = [
-    "MLFLOW_STATUS",
     "RECORDED_OTHERWISE",
     "StudyWriter",
     "metric_key",
@@ -56,15 +55,6 @@ __all__ = [
     "study_note",
 ]
 
-# MLflow's own run status for each ablate.status a run ends with (a diverged or early-stopped trial
-# ran as the study planned; an interrupted one continues on --resume).
-MLFLOW_STATUS = {
-    Status.FINISHED: "FINISHED",
-    Status.DIVERGED: "FINISHED",
-    Status.STOPPED: "FINISHED",  # child: stopped early by ASHA
-    Status.INTERRUPTED: "KILLED",
-    Status.FAILED: "FAILED",
-}
 # Keys of a trainer's report that are recorded, but not as metrics: the step, the status tag, an artifact.
 # Every other key of a report is a metric (reported_metrics) or is dropped; tests/test_metrics.py checks
 # that the trainer reports no key that would be dropped.
@@ -220,7 +210,7 @@ class StudyWriter:
             self.end_trial(trial_id, Status.FAILED if status == Status.FAILED else Status.INTERRUPTED)
         if self.parent_id is not None:
             self.client.set_tag(self.parent_id, layout.TAG_STATUS, status)
-            self.client.set_terminated(self.parent_id, MLFLOW_STATUS[status])
+            self.client.set_terminated(self.parent_id, layout.MLFLOW_STATUS[status])
 
     # -- trials -----------------------------------------------------------------------------------------
 
@@ -277,7 +267,7 @@ class StudyWriter:
         if error:
             self.client.log_text(run_id, error, ARTIFACT_ERROR)
         self.client.set_tag(run_id, layout.TAG_STATUS, status)
-        self.client.set_terminated(run_id, MLFLOW_STATUS[status])
+        self.client.set_terminated(run_id, layout.MLFLOW_STATUS[status])
 
     @property
     def open_trials(self) -> list[str]:
