@@ -226,7 +226,7 @@ def _plan(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    from ablate.estimate import estimate, format_estimate
+    from ablate.perf.estimate import estimate, format_estimate
 
     print(format_plan(rows))
     print(format_estimate(estimate(study, rows=rows)))
@@ -246,7 +246,7 @@ def _run(args) -> int:
 
 def _check_duration(study, args) -> None:
     """Print the estimated wall time here; above a day, refuse to start without --yes."""
-    from ablate.estimate import DAY, estimate, format_duration, format_estimate
+    from ablate.perf.estimate import DAY, estimate, format_duration, format_estimate
 
     guess = estimate(study)
     print(format_estimate(guess), flush=True)
@@ -278,7 +278,7 @@ def _report(args) -> int:
 
 
 def _bench(args) -> int:
-    from ablate.bench import format_bench, run_bench
+    from ablate.perf.bench import format_bench, run_bench
 
     result = run_bench(
         model=args.model, device=args.device, batch_size=args.batch_size, steps=args.steps,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU path in one call (ablate/gpu_check.py): the CUDA tests, `ablate bench` for resnet20/56/110
+# The whole GPU path in one call (scripts/gpu_check.py): the CUDA tests, `ablate bench` for resnet20/56/110
 # eager and with torch.compile + CUDA graphs, 4 co-located trials, 4 fused runs, a short Fashion-MNIST run;
 # one summary, printed and written to $OUT (the device tool's output folder) or reports/gpu_check/.
 # Within 8 minutes; on a machine without CUDA it says so and exits 0. Options: --smoke (CPU dry run), --budget S.
@@ -30,4 +30,4 @@ if ((${#missing[@]})); then
     for wheel in .whl/*.whl; do "$python" -m zipfile -e "$wheel" "$deps"; done
   fi
 fi
-exec "$python" -m ablate.gpu_check --out "${OUT:-$root/reports/gpu_check}" "$@"
+exec "$python" scripts/gpu_check.py --out "${OUT:-$root/reports/gpu_check}" "$@"

@@ -27,7 +27,7 @@ def calibrated_rate():
     calibrating on every study (tests/test_estimate.py calibrates for real): 10 GFLOP/s."""
     import torch
 
-    from ablate import estimate
+    from ablate.perf import estimate
     from ablate.device import device_name
 
     patch = pytest.MonkeyPatch()

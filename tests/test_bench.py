@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from ablate.bench import (
+from ablate.perf.bench import (
     AugmentedImages,
     _compile_payoff,
     _concurrent_images_per_s,
-    _measure_fused,
+    measure_fused,
     bench_config,
     format_bench,
     run_bench,
@@ -114,7 +114,7 @@ def test_cli_bench_prints_one_json_object(capsys):
 
 def test_fused_runs_are_timed_in_all_and_formatted(result):
     config = bench_config(TINY, batch_size=16, steps=2, warmup_steps=1, device="cpu")
-    fused = _measure_fused(config, 2)  # in this process: two seeds fused, every member's timed images counted
+    fused = measure_fused(config, 2)  # in this process: two seeds fused, every member's timed images counted
     assert fused["images_per_s"] > 0 and fused["peak_memory_mb"] > 0
     shown = format_bench(result | {"fuse": 2, "fused_images_per_s": 1234.0, "fused_speedup": 0.5,
                                    "fused_peak_memory_mb": 10.0})

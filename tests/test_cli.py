@@ -101,12 +101,12 @@ def test_set_values_parse_the_same_in_train_and_plan(capsys):
 
 def test_a_bug_keeps_its_traceback_while_user_errors_exit_2(tmp_path, monkeypatch, capsys):
     """Only UserError is the user's: a ValueError from inside the trainer (a bug) is raised, not printed as exit 2."""
-    import ablate.trainer
+    from ablate.trainer import PlainEngine
 
-    def broken_step(run):
+    def broken_step(engine, batches, lrs, *, grad_norms):
         raise ValueError("a bug inside the step")
 
-    monkeypatch.setattr(ablate.trainer, "_step", broken_step)
+    monkeypatch.setattr(PlainEngine, "step", broken_step)
     with pytest.raises(ValueError, match="a bug inside the step"):
         main(["train", *TINY_SYNTHETIC, "--iterations", "5"])
     monkeypatch.undo()

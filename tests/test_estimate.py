@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablate import estimate
-from ablate.estimate import _calibrate as REAL_CALIBRATE  # before conftest's fixture replaces it
+from ablate.perf import estimate
+from ablate.perf.estimate import _calibrate as REAL_CALIBRATE  # before conftest's fixture replaces it
 from ablate.cli import main
 from ablate.config import with_overrides
 from ablate.study import load_study, plan_rows

@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.gpu_check import TARGETS, _last_json, _launch, markdown, plan, summarise
+from helpers import load_script
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = load_script(ROOT / "scripts" / "gpu_check.py")
+BUDGET_S, TARGETS, last_json, launch, markdown, plan, summarise = (
+    getattr(GPU_CHECK, name) for name in ("BUDGET_S", "TARGETS", "last_json", "launch", "markdown", "plan", "summarise"))
 
 ABSENT = ("ray", "mlflow", "optuna")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def python(code_or_args: list[str], env: dict[str, str]) -> subprocess.Completed
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the path of a machine without CUDA")
 def test_without_cuda_it_says_so_and_exits_0(bare_env, tmp_path):
-    done = python(["-m", "ablate.gpu_check", "--out", str(tmp_path)], bare_env)
+    done = python(["scripts/gpu_check.py", "--out", str(tmp_path)], bare_env)
     assert done.returncode == 0, done.stderr
     assert "no CUDA device here" in done.stdout and not list(tmp_path.iterdir())
 
@@ -45,7 +49,7 @@ def test_without_cuda_it_says_so_and_exits_0(bare_env, tmp_path):
 def test_trainer_fused_and_bench_paths_import_neither_ray_nor_mlflow(bare_env):
     code = """
 import sys
-import ablate.bench, ablate.cli, ablate.gpu_check
+import ablate.perf.bench, ablate.perf.estimate, ablate.cli
 from ablate.config import DataConfig, ModelSpec, TrainConfig, TrainerConfig
 from ablate.fused import train_fused
 from ablate.trainer import train
@@ -94,14 +98,20 @@ def test_summary_sets_the_figures_against_the_targets():
 
 
 def test_an_item_that_prints_after_its_result_or_fails_is_recorded_and_the_check_goes_on():
-    assert _last_json('{"images_per_s": 5.0}\nW1122 some library line\n') == {"images_per_s": 5.0}
-    assert _last_json("not json\n[1, 2]\n") is None
-    failed = _launch({"kind": "nonsense", "args": {}}, timeout=120)
+    assert last_json('{"images_per_s": 5.0}\nW1122 some library line\n') == {"images_per_s": 5.0}
+    assert last_json("not json\n[1, 2]\n") is None
+    failed = launch({"kind": "nonsense", "args": {}}, timeout=120)
     assert failed["status"] == "error" and "unknown item 'nonsense'" in failed["error"]
 
 
-def test_the_plan_fits_the_budget_and_the_smoke_plan_runs_on_cpu():
+def test_the_plan_starts_the_target_items_within_the_budget_and_the_smoke_plan_runs_on_cpu():
+    """Every item starts only with ``need`` seconds left and runs at most ``cap``: the items the targets need
+    (the CUDA tests, the eager benches, compiled ResNet-110) must all start within the default budget; later
+    items run as time allows (their needs together exceed it)."""
     full = plan(smoke=False)
+    assert all(0 < i["need"] <= i["cap"] for i in full)
+    assert sum(i["need"] for i in full[:4]) <= BUDGET_S
+    assert full[3]["args"]["model"] == "resnet110" and full[3]["args"].get("compile")
     assert [i["kind"] for i in full][:5] == ["tests", "bench", "bench", "bench", "fashion"]  # cheap items first
     assert {i["args"]["model"] for i in full if i["kind"] == "bench"} == {"resnet20", "resnet56", "resnet110"}
     assert all(i["args"].get("device", "cuda") == "cuda" for i in full)
@@ -110,7 +120,7 @@ def test_the_plan_fits_the_budget_and_the_smoke_plan_runs_on_cpu():
 
 @pytest.mark.slow
 def test_smoke_run_checks_every_item_on_the_cpu(bare_env, tmp_path):
-    done = python(["-m", "ablate.gpu_check", "--smoke", "--out", str(tmp_path), "--budget", "4000"], bare_env)
+    done = python(["scripts/gpu_check.py", "--smoke", "--out", str(tmp_path), "--budget", "4000"], bare_env)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [(i["kind"], i["status"]) for i in summary["items"]] == [(i["kind"], "ok") for i in plan(smoke=True)], \

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ablate.config import LAYERS_PER_UNIT, ModelSpec
 from ablate.models import (
-    CifarResNet,
+    ResNet,
     build_model,
     count_macs,
     count_params,
@@ -54,7 +54,7 @@ PROMISED_MODELS = {
 
 
 @functools.cache
-def meta_model(name: str) -> CifarResNet:
+def meta_model(name: str) -> ResNet:
     """A registered model built on the meta device (shapes only), once per test session."""
     with torch.device("meta"):
         return create_model(name)

@@ -21,10 +21,9 @@ from ablate.models.registry import (
     registry_name,
     spec_for_depth,
 )
-from ablate.models.resnet import CifarResNet, ResNet, build_model
+from ablate.models.resnet import ResNet, build_model
 
 __all__ = [
-    "CifarResNet",
     "ModelInput",
     "ResNet",
     "build_model",

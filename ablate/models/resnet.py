@@ -44,7 +44,7 @@ from ablate.models.blocks import (
     conv3x3,
 )
 
-__all__ = ["CifarResNet", "ResNet", "build_model", "check_image_size", "make_shortcut", "make_stage"]
+__all__ = ["ResNet", "build_model", "check_image_size", "make_shortcut", "make_stage"]
 
 
 def check_image_size(height: int, width: int, minimum: int) -> None:
@@ -204,8 +204,6 @@ class ResNet(nn.Module):
                 found += [(f"stages.{i}.{j}.{attr}", getattr(unit, attr)) for attr in unit.responses]
         return found
 
-
-CifarResNet = ResNet  # the name from before the ImageNet layouts; kept for callers on other branches
 
 
 def build_model(spec: ModelSpec, *, in_channels: int = 3, num_classes: int = 10) -> ResNet:

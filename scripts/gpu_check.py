@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUDGET_S", "TARGETS", "main", "plan", "summarise"]
+__all__ = ["BUDGET_S", "TARGETS", "last_json", "launch", "main", "markdown", "plan", "summarise"]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's ablate first
 
 BUDGET_S = 450  # seconds for all items (the check must finish within 8 minutes)
 SMOKE_CAP_S = 900  # --smoke: seconds per item (a busy CPU starts a process in a minute)
@@ -81,15 +83,15 @@ def _run_item(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     if kind == "tests":
         return _tests()
     if kind == "bench":
-        from ablate.bench import run_bench
+        from ablate.perf.bench import run_bench
 
         return run_bench(**args)
     if kind == "fused":
-        from ablate.bench import _isolated, _measure_fused, bench_config
+        from ablate.perf.bench import isolated, measure_fused, bench_config
 
         fuse, model = args.pop("fuse"), args.pop("model")
         config = bench_config(model, **args)
-        return {"model": model, "fuse": fuse, **_isolated(_measure_fused, config, fuse), **args}
+        return {"model": model, "fuse": fuse, **isolated(measure_fused, config, fuse), **args}
     if kind == "fashion":
         return _fashion(**args)
     raise ValueError(f"unknown item {kind!r}")
@@ -140,9 +142,9 @@ def _fashion(*, device: str, fuse: int, smoke: bool) -> dict[str, Any]:
 # -- the driver ------------------------------------------------------------------------------------
 
 
-def _launch(item: dict[str, Any], timeout: float) -> dict[str, Any]:
+def launch(item: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one item in a fresh interpreter (its own process group, killed whole on timeout)."""
-    command = [sys.executable, "-m", "ablate.gpu_check", "--item", json.dumps({k: item[k] for k in ("kind", "args")})]
+    command = [sys.executable, str(Path(__file__).resolve()), "--item", json.dumps({k: item[k] for k in ("kind", "args")})]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
@@ -153,14 +155,14 @@ def _launch(item: dict[str, Any], timeout: float) -> dict[str, Any]:
         process.communicate()
         return {"status": "timeout", "seconds": time.perf_counter() - start, "error": f"killed after {timeout:.0f} s"}
     seconds = time.perf_counter() - start
-    result = _last_json(stdout) if process.returncode == 0 else None
+    result = last_json(stdout) if process.returncode == 0 else None
     if result is None:
         said = stderr.strip() or f"exit status {process.returncode}, no JSON result on stdout"
         return {"status": "error", "seconds": seconds, "error": "\n".join(said.splitlines()[-25:])}
     return {"status": "ok", "seconds": seconds, "result": result}
 
 
-def _last_json(stdout: str) -> dict[str, Any] | None:
+def last_json(stdout: str) -> dict[str, Any] | None:
     """The item's result: the last stdout line that is a JSON object (a library may print lines after it)."""
     for line in reversed(stdout.strip().splitlines()):
         try:
@@ -269,7 +271,7 @@ def _skips(count: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablate.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/gpu_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="run every item on the CPU with tiny settings")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all items")
     parser.add_argument("--out", default="reports/gpu_check", help="folder for gpu_check.json and gpu_check.md")
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             item |= {"status": "skipped", "reason": f"{left:.0f} s left of the budget"}
         else:
             print(f"gpu_check: {_label(item)} (up to {min(item['cap'], left):.0f} s)", flush=True)
-            item |= _launch(item, min(item["cap"], left))
+            item |= launch(item, min(item["cap"], left))
         done.append(item)
         summary = summarise(environment, done)
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))

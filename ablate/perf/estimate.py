@@ -81,7 +81,7 @@ def _calibrate(device: str, config: TrainConfig | None = None) -> Rate:
     """
     import torch
 
-    from ablate.bench import bench_config, measure_trainer
+    from ablate.perf.bench import bench_config, measure_trainer
     from ablate.device import device_name
     from ablate.models import count_macs
     from ablate.trainer import train
@@ -115,7 +115,7 @@ def _calibrate(device: str, config: TrainConfig | None = None) -> Rate:
 def _calibration_config(config: TrainConfig, device: str) -> TrainConfig:
     """``config``'s net, batch size and arithmetic for ``warmup_steps + steps`` iterations of synthetic images of
     its data set's shape, with one report after the warm-up (the trainer evaluates a tiny test set there)."""
-    from ablate.bench import TEST_IMAGES
+    from ablate.perf.bench import TEST_IMAGES
 
     c, facts, trainer = CALIBRATION, data_source(config.data), config.trainer
     iterations = c["warmup_steps"] + c["steps"]

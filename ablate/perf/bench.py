@@ -61,6 +61,8 @@ __all__ = [
     "AugmentedImages",
     "bench_config",
     "format_bench",
+    "isolated",
+    "measure_fused",
     "measure_trainer",
     "run_bench",
 ]
@@ -241,7 +243,7 @@ def _timed(reports: list[dict], batch: int) -> tuple[int, float]:
     return sum(n for n, _ in windows[1:]), sum(s for _, s in windows[1:])
 
 
-def _measure_fused(config: TrainConfig, fuse: int) -> dict[str, Any]:
+def measure_fused(config: TrainConfig, fuse: int) -> dict[str, Any]:
     """``fuse`` runs of ``config`` (seeds 0..fuse-1) fused into one; all members' timed images per second."""
     device = resolve_device(config.trainer.device)
     _reset_peak_memory(device)
@@ -292,9 +294,9 @@ def run_bench(
     resolved = resolve_device(device)
     load = os.getloadavg()[0]
     eager_config = config.model_copy(update={"trainer": config.trainer.model_copy(update={"compile": False})})
-    eager = _isolated(measure_trainer, eager_config) if compile else None
-    fast = _isolated(measure_trainer, config)
-    baseline = _isolated(_measure_baseline, config, warmup_steps, steps, workers)
+    eager = isolated(measure_trainer, eager_config) if compile else None
+    fast = isolated(measure_trainer, config)
+    baseline = isolated(_measure_baseline, config, warmup_steps, steps, workers)
     result: dict[str, Any] = {
         "model": config.model.name,
         "device": str(resolved),
@@ -327,7 +329,7 @@ def run_bench(
         speedup = total / fast["images_per_s"]
         result |= {"trials": trials, "concurrent_images_per_s": total, "concurrent_speedup": speedup}
     if fuse > 1:
-        fused = _isolated(_measure_fused, config, fuse)
+        fused = isolated(measure_fused, config, fuse)
         result |= {
             "fuse": fuse,
             "fused_images_per_s": fused["images_per_s"],
@@ -410,7 +412,7 @@ def format_bench(result: dict[str, Any]) -> str:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _isolated(fn, *args):
+def isolated(fn, *args):
     """``fn(*args)`` in a freshly spawned interpreter: its own peak memory, compile caches and threads."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
