@@ -177,3 +177,10 @@ def test_the_report_reads_the_records_only(store):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_reader_reads_every_grad_norm_history(store):
+    trial = load_study_records("vanishing", store["uri"]).trials[0]
+    assert {k for k in trial.history if k.startswith("grad_norm/")} == {
+        "grad_norm/stem", "grad_norm/stage1", "grad_norm/stage2", "grad_norm/head"}
+    assert trial.history["grad_norm/stage1"].steps == trial.history["train_error"].steps == (100, 200, 300, 400)

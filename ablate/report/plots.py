@@ -191,8 +191,8 @@ def plot_grad_norms(summaries: Sequence[ConfigSummary], path: Path) -> Path | No
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(_PANEL[0] * columns, _PANEL[1] * rows + 0.4))
-    _set_margins(figure)
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    _set_margins(figure, left=0.9)
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True).ravel()  # one scale: nets compare by eye
     for ax, (summary, curves) in zip(axes, panels):
         for index, (part, curve) in enumerate(curves):
             ax.plot(curve.steps, curve.values, color=f"C{index % 10}", lw=1.3, label=part)
