@@ -10,7 +10,7 @@ from mlflow_records import FakeTrial, Invocation, log_study, new_tracking_uri
 
 from ablate.report import make_report
 from ablate.report.aggregate import summarize
-from ablate.report.deeper import applies, single_increase, why_deeper
+from ablate.report.deeper import single_increase, why_applies, why_deeper
 from ablate.report.diagnose import Tolerance, diagnose
 from ablate.report.evidence import gradient_verdicts
 from ablate.tracking.reader import LesionRecord, load_study_records
@@ -61,16 +61,16 @@ def _diagnoses(store, *, lesions: dict[str, list[LesionRecord]] | None = None):
     summaries = summarize(records)
     findings = diagnose(summaries, metric="test_error", tolerance=TOLERANCE)
     gradients = gradient_verdicts(findings, summaries, tolerance=TOLERANCE)
-    assert applies(summaries, findings, "test_error")
+    assert why_applies(summaries, findings, "test_error")
     return why_deeper(findings, summaries, gradients, tolerance=TOLERANCE, study="deep")
 
 
 def test_it_applies_to_residual_depth_pairs_on_test_error_only(store):
     deep = summarize(load_study_records("deep", store["uri"]))
     findings = diagnose(deep, metric="test_error", tolerance=TOLERANCE)
-    assert applies(deep, findings, "test_error") and not applies(deep, findings, "train_error")
+    assert why_applies(deep, findings, "test_error") and not why_applies(deep, findings, "train_error")
     plain = summarize(load_study_records("plainpair", store["uri"]))
-    assert not applies(plain, diagnose(plain, metric="test_error", tolerance=TOLERANCE), "test_error")
+    assert not why_applies(plain, diagnose(plain, metric="test_error", tolerance=TOLERANCE), "test_error")
 
 
 def test_without_lesion_records_the_gap_alone_tells_the_nets_apart(store):

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from ablate.errors import UserError
 from ablate.report.aggregate import ConfigSummary, summarize
 from ablate.report.answer import answer, best_summary, finding_record, seeds_clause
-from ablate.report.deeper import WhyDeeper, applies, why_deeper
+from ablate.report.deeper import WhyDeeper, why_applies, why_deeper
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
 from ablate.report.evidence import Verdict, gradient_verdicts, response_verdicts, verdict_record
@@ -91,8 +91,8 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     findings = diagnose(summaries, metric=metric, tolerance=tolerance, study=records.study)
     gradients = gradient_verdicts(findings, summaries, tolerance=tolerance)
     responses = response_verdicts(findings, summaries, tolerance=tolerance)
-    why = why_deeper(findings, summaries, gradients, tolerance=tolerance, study=study_name) if applies(
-        summaries, findings, metric) else []
+    why = (why_deeper(findings, summaries, gradients, tolerance=tolerance, study=study_name)
+           if why_applies(summaries, findings, metric) else [])
     axes = sampled_axes(records.study)
     sweep = sweep_view(summaries, axes, metric=metric, mode=records.mode) if axes and summaries else None
     text = answer(summaries, findings, metric=metric, mode=records.mode, tolerance=tolerance,

@@ -27,7 +27,7 @@ from ablate.report.diagnose import Difference, Finding, Tolerance, depth_familie
 from ablate.report.evidence import Verdict
 from ablate.tracking.reader import LesionRecord, TrialRecord
 
-__all__ = ["Measured", "WhyDeeper", "applies", "single_increase", "why_deeper"]
+__all__ = ["Measured", "WhyDeeper", "single_increase", "why_applies", "why_deeper"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class WhyDeeper:
         return f"What tells {self.labels[0]} and {self.labels[1]} apart beyond the seed spread: " + "; ".join(parts) + "."
 
 
-def applies(summaries: Sequence[ConfigSummary], findings: Sequence[Finding], metric: str) -> bool:
+def why_applies(summaries: Sequence[ConfigSummary], findings: Sequence[Finding], metric: str) -> bool:
     """Test error is the study's metric and every depth pair is of residual nets (no plain net among them)."""
     by_label = {s.label: s for s in summaries}
     depth = [f for f in findings if f.kind == "depth" and f.verdict != "not enough data"]
@@ -156,7 +156,7 @@ def why_deeper(
     tolerance: Tolerance,
     study: str,
 ) -> list[WhyDeeper]:
-    """The diagnosis of each family's widest depth pair (module docstring); call when :func:`applies`."""
+    """The diagnosis of each family's widest depth pair (module docstring); call when :func:`why_applies`."""
     by_label = {s.label: s for s in summaries}
     by_pair = {v.labels: v for v in gradients}
     diagnoses = []
