@@ -56,6 +56,7 @@ __all__ = [
     "StudyRecords",
     "TrialRecord",
     "UnknownStudyError",
+    "has_history",
     "list_studies",
     "load_study_records",
 ]
