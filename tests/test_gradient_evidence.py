@@ -184,3 +184,16 @@ def test_the_reader_reads_every_grad_norm_history(store):
     assert {k for k in trial.history if k.startswith("grad_norm/")} == {
         "grad_norm/stem", "grad_norm/stage1", "grad_norm/stage2", "grad_norm/head"}
     assert trial.history["grad_norm/stage1"].steps == trial.history["train_error"].steps == (100, 200, 300, 400)
+
+
+def test_one_seed_per_net_is_tentative_and_never_beyond_the_spread(tmp_path):
+    uri = new_tracking_uri(tmp_path)
+    trials = [*_pair(3, "none", [0.08], [0.10], [1.0], [2.0]), *_pair(9, "none", [0.14], [0.16], [0.01], [2.0]),
+              *_pair(3, "A", [0.05], [0.08], [1.0], [1.0]), *_pair(9, "A", [0.02], [0.07], [1.0], [1.0])]
+    log_study(MlflowClient(uri), "single", [Invocation(trials)], artifact_root=tmp_path / "a", metric="train_error")
+    report = make_report("single", tracking_uri=uri, out_dir=tmp_path / "reports")
+    gradients = {(e["a"], e["b"]): e for e in report.data["evidence"] if e["kind"] == "gradients"}
+    plain = gradients[("plain20", "plain56")]
+    assert plain["verdict"] == "vanish" and plain["tentative"] and not plain["beyond_spread"]
+    assert "100 times smaller, tentative: one seed" in report.answer
+    assert "Fig. 7" not in report.answer  # responses 2x smaller, but with one seed not beyond any spread

@@ -70,6 +70,7 @@ def has_history(metric: str) -> bool:
     """Whether the reader reads ``metric``'s whole history: :data:`HISTORY_METRICS` and ``grad_norm/<part>``."""
     return metric in HISTORY_METRICS or metric.startswith(GRAD_NORM_PREFIX)
 
+
 # Trial statuses whose values are not final yet: still running, or stopped by Ctrl-C to go on after --resume.
 PARTIAL_STATUSES = (Status.RUNNING, Status.INTERRUPTED)
 
@@ -104,7 +105,7 @@ class LayerResponses:
 
 @dataclass(frozen=True)
 class LesionRecord:
-    """Lesion data of one trial (``lesion.json``): test errors with residual units deleted (He et al. 2015 / Veit et al. 2016)."""
+    """One trial's lesion sweep (``lesion.json``): test errors with residual units deleted (Veit et al. 2016)."""
 
     base_error: float
     unit_names: tuple[str, ...]
