@@ -27,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from ablate.config import DataConfig, ModelSpec, TrainConfig, flatten, with_overrides
+from ablate.metrics import GRAD_NORM_PREFIX
 from ablate.tracking import layout
 from ablate.tracking.writer import run_params
 
@@ -69,6 +70,8 @@ class FakeTrial:
     test_error: float = 0.12
     epochs: int = 4
     responses: tuple[float, ...] | None = (1.0, 0.8, 0.6)  # layer_responses.json std; None: no artifact
+    # grad_norm/<part> at every logged epoch: part -> one value (the same at each epoch) or one per epoch
+    grad_norms: tuple[tuple[str, float | tuple[float, ...]], ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()  # further config fields, e.g. (("trainer.warmup.policy", "paper"),)
     legacy: bool = False  # the layout before 2026-11: every field as a param ("None" too), model.depth, final/<metric>
     name: str = ""  # group and label; default: the model's name (a sampled point needs its own)
@@ -131,6 +134,10 @@ def _log_trial(
     for key, final in finals.items():
         for epoch, value in enumerate(_curve(final, trial.epochs)[:logged_epochs]):
             metrics.append(Metric(key, value, start + epoch, (epoch + 1) * ITERATIONS_PER_EPOCH))
+    for part, values in trial.grad_norms:
+        per_epoch = values if isinstance(values, tuple) else (values,) * trial.epochs
+        for epoch, value in enumerate(per_epoch[:logged_epochs]):
+            metrics.append(Metric(GRAD_NORM_PREFIX + part, value, start + epoch, (epoch + 1) * ITERATIONS_PER_EPOCH))
     if trial.status == "finished" and trial.legacy:  # the final values again, at step 0 (where a bug once put them)
         metrics += [Metric(layout.LEGACY_FINAL_PREFIX + k, v, start + trial.epochs, 0) for k, v in finals.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])

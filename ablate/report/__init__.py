@@ -2,9 +2,11 @@
 
 Operation order of :func:`make_report`: read the study back from the tracking store
 (:func:`ablate.tracking.reader.load_study_records`) -> replicates to mean ± std per configuration
-(:mod:`.aggregate`) -> the diagnosis (:mod:`.diagnose`) and, for a sampled search, its best
-configuration and importances (:mod:`.sweep`) -> the answer (:mod:`.answer`) -> PNGs: Fig. 6 / Fig. 7
-style (:mod:`.plots`), or the sweep's -> ``report.md`` and a self-contained ``report.html``
+(:mod:`.aggregate`) -> the diagnosis (:mod:`.diagnose`), the measured evidence behind it: gradient
+verdicts of the depth pairs and Fig. 7 responses of plain against residual nets (:mod:`.evidence`), and
+for residual depth pairs on test error the three-measurement diagnosis (:mod:`.deeper`); for a sampled
+search, its best configuration and importances (:mod:`.sweep`) -> the answer (:mod:`.answer`) -> PNGs:
+Fig. 6 / gradient norms / Fig. 7 style (:mod:`.plots`), or the sweep's -> ``report.md`` and a self-contained ``report.html``
 (:mod:`.document`, :mod:`.render`) in ``out_dir/NAME/`` -> onto the study's latest parent run: the folder
 as artifacts ``report/``, the question and answer as its description, the headline numbers as metrics.
 
@@ -28,9 +30,11 @@ from mlflow.exceptions import MlflowException
 from ablate.errors import UserError
 from ablate.report.aggregate import ConfigSummary, summarize
 from ablate.report.answer import answer, best_summary, finding_record, seeds_clause
+from ablate.report.deeper import WhyDeeper, why_applies, why_deeper
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
-from ablate.report.plots import plot_curves, plot_layer_responses
+from ablate.report.evidence import Verdict, gradient_verdicts, response_verdicts, verdict_record
+from ablate.report.plots import plot_curves, plot_grad_norms, plot_layer_responses
 from ablate.report.sweep import SweepView, plot_sweep, plot_sweep_curves, sampled_axes, sweep_answer, sweep_view
 from ablate.console import text_table
 from ablate.metrics import ERROR_METRICS
@@ -43,6 +47,7 @@ __all__ = ["Report", "ReportError", "UnknownStudyError", "format_studies", "list
 
 FIGURES = {  # key -> file name in the report folder
     "curves": "curves.png",
+    "gradients": "grad_norms.png",
     "responses": "layer_responses.png",
     "sweep": "hyperparameters.png",
     "sweep_curves": "sweep_curves.png",
@@ -84,17 +89,22 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     summaries = summarize(records, metrics=(*ERROR_METRICS, metric))
     tolerance = Tolerance()
     findings = diagnose(summaries, metric=metric, tolerance=tolerance, study=records.study)
+    gradients = gradient_verdicts(findings, summaries, tolerance=tolerance)
+    responses = response_verdicts(findings, summaries, tolerance=tolerance)
+    why = (why_deeper(findings, summaries, gradients, tolerance=tolerance, study=study_name)
+           if why_applies(summaries, findings, metric) else [])
     axes = sampled_axes(records.study)
     sweep = sweep_view(summaries, axes, metric=metric, mode=records.mode) if axes and summaries else None
     text = answer(summaries, findings, metric=metric, mode=records.mode, tolerance=tolerance,
-                  sweep=_sweep_sentence(sweep, summaries, metric), partial=records.partial)
+                  sweep=_sweep_sentence(sweep, summaries, metric), partial=records.partial, gradients=gradients,
+                  responses=responses, why=why)
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in FIGURES.values():  # a figure from an earlier report must not outlive its data
         (folder / name).unlink(missing_ok=True)
-    figures = _figures(records, summaries, sweep, folder, metric)
+    figures = _figures(records, summaries, findings, sweep, folder, metric)
     blocks = document(records, summaries, findings, figures, metric=metric, tolerance=tolerance, answer=text,
-                      sweep=sweep)
+                      sweep=sweep, gradients=gradients, responses=responses, why=why)
     markdown, page = folder / "report.md", folder / "report.html"
     markdown.write_text(to_markdown(blocks), encoding="utf-8")
     page.write_text(to_html(blocks, title=f"Study {study_name}"), encoding="utf-8")
@@ -111,7 +121,7 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
         where = f"Report: {page} (not logged to run {parent}: {err})"
         logged_to = None
     summary = terminal_summary(records, summaries, findings, metric=metric, where=where, answer=text, sweep=sweep)
-    data = _data(records, text, findings, metric)
+    data = _data(records, text, findings, metric, [*gradients, *responses], why)
     return Report(folder, summary, files, tuple(findings), logged_to, text, data)
 
 
@@ -124,9 +134,15 @@ def _sweep_sentence(sweep: SweepView | None, summaries: list[ConfigSummary], met
 
 
 def _figures(
-    records: StudyRecords, summaries: list[ConfigSummary], sweep: SweepView | None, folder: Path, metric: str
+    records: StudyRecords,
+    summaries: list[ConfigSummary],
+    findings: list[Finding],
+    sweep: SweepView | None,
+    folder: Path,
+    metric: str,
 ) -> dict[str, Path | None]:
-    """The sweep's two figures for a sampled search; else Fig. 6 curves and Fig. 7 responses."""
+    """The sweep's two figures for a sampled search; else Fig. 6 curves, the gradient norms of the nets in depth
+    pairs (when there are any) and Fig. 7 responses."""
     if sweep is not None:
         best = sweep.best.group if sweep.best else None
         return {
@@ -134,10 +150,13 @@ def _figures(
             "sweep_curves": plot_sweep_curves(records.trials, folder / FIGURES["sweep_curves"], metric=metric,
                                               best_group=best),
         }
-    return {
-        "curves": plot_curves(summaries, folder / FIGURES["curves"], study=records.study),
-        "responses": plot_layer_responses(summaries, folder / FIGURES["responses"]),
-    }
+    figures = {"curves": plot_curves(summaries, folder / FIGURES["curves"], study=records.study)}
+    compared = {label for f in findings if f.kind == "depth" for label in f.labels}
+    if compared:
+        figures["gradients"] = plot_grad_norms([s for s in summaries if s.label in compared],
+                                               folder / FIGURES["gradients"])
+    figures["responses"] = plot_layer_responses(summaries, folder / FIGURES["responses"])
+    return figures
 
 
 def _headline(
@@ -152,8 +171,12 @@ def _headline(
     return values
 
 
-def _data(records: StudyRecords, text: str, findings: list[Finding], metric: str) -> dict[str, Any]:
-    """What ``ablate report --json`` prints."""
+def _data(
+    records: StudyRecords, text: str, findings: list[Finding], metric: str, evidence: list[Verdict],
+    why: list[WhyDeeper],
+) -> dict[str, Any]:
+    """What ``ablate report --json`` prints: the findings, the measured evidence (gradient verdicts of the depth
+    pairs, Fig. 7 responses of plain/residual pairs) and the deeper-net diagnoses."""
     return {
         "study": records.name,
         "question": records.question,
@@ -162,6 +185,12 @@ def _data(records: StudyRecords, text: str, findings: list[Finding], metric: str
         "answer": text,
         "runs_url": ui.runs_url(records.experiment_id, records.tracking_uri),
         "findings": [finding_record(f) for f in findings],
+        "evidence": [verdict_record(v) for v in evidence],
+        "why_deeper": [
+            {"a": d.labels[0], "b": d.labels[1], "distinguishing": list(d.distinguishing), "text": d.summary(),
+             "measured": [{"name": m.name, "distinguishes": m.distinguishes, "text": m.text} for m in d.measured]}
+            for d in why
+        ],
     }
 
 

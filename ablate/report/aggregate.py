@@ -34,6 +34,7 @@ __all__ = [
     "mean_responses",
     "metric_words",
     "partition",
+    "significant",
     "summarize",
 ]
 
@@ -48,6 +49,11 @@ _WORDS = {"train_error": "training error", "val_error": "validation error"}
 def metric_words(metric: str) -> str:
     """A metric's name in a sentence: ``train_error`` -> ``training error``, ``test_error`` -> ``test error``."""
     return _WORDS.get(metric, metric.replace("_", " "))
+
+
+def significant(value: float, digits: int) -> str:
+    """``value`` to ``digits`` significant digits, trailing zeros kept: ``0.0100``, ``1.00``, ``100``."""
+    return f"{value:#.{digits}g}".removesuffix(".")
 
 
 def _in_means(trial: TrialRecord) -> bool:
@@ -69,6 +75,11 @@ class Stat:
     def percent(self) -> str:
         """``"7.51 ± 0.16"`` for an error fraction; the mean alone when the spread is unknown."""
         return f"{100 * self.mean:.2f}" if self.std is None else f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
+    def digits(self) -> str:
+        """``"0.812 ± 0.041"`` for a quantity that is not an error fraction (a ratio, a std): 3 significant digits."""
+        mean = significant(self.mean, 3)
+        return mean if self.std is None else f"{mean} ± {significant(self.std, 2)}"
 
 
 @dataclass(frozen=True)

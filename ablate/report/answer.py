@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ablate.report.aggregate import ConfigSummary, metric_words
-from ablate.report.diagnose import Difference, Finding, Tolerance
+from ablate.report.deeper import WhyDeeper
+from ablate.report.diagnose import Difference, Finding, Tolerance, depth_families, widest
+from ablate.report.evidence import Verdict
 
 __all__ = ["answer", "best_summary", "finding_record", "metric_words", "seeds_clause"]
 
@@ -64,37 +66,40 @@ def _without_depth(family: str) -> str:
     return ", ".join(p for p in family.split(", ") if p and not p.startswith("depth "))
 
 
-def _depth_clauses(findings: Sequence[Finding], tolerance: Tolerance, metric: str) -> list[str]:
+def _depth_clauses(
+    findings: Sequence[Finding], tolerance: Tolerance, metric: str, gradients: Sequence[Verdict]
+) -> list[str]:
     """One clause per family of depth pairs, on its widest pair; a pair with no clear difference is asked the
-    study's question: train worse, or test worse when the study's metric is test error."""
-    families: dict[str, list[Finding]] = {}
-    for finding in findings:
-        families.setdefault(finding.family, []).append(finding)
+    study's question: train worse, or test worse when the study's metric is test error. The pair's gradient
+    verdict follows (:func:`.evidence.gradient_verdicts`) where there are records."""
+    by_pair = {v.labels: v for v in gradients if v.clause}
     clauses = []
-    for family, pairs in families.items():
+    for family, pairs in depth_families(findings).items():
         nets = _family_nets(family)
-        widest = max(pairs, key=lambda f: (f.depths[1] or 0) - (f.depths[0] or 0))
-        head = f"{widest.labels[0]} → {widest.labels[1]}"
-        if widest.verdict == "not enough data":
+        pair = widest(pairs)
+        head = f"{pair.labels[0]} → {pair.labels[1]}"
+        if pair.verdict == "not enough data":
             clauses.append(f"deeper {nets}: not enough data yet ({head})")
             continue
-        train, test = widest.differences["train_error"], widest.differences["test_error"]
-        if widest.verdict == "overfitting":
+        train, test = pair.differences["train_error"], pair.differences["test_error"]
+        if pair.verdict == "overfitting":
             claim, numbers = "overfit: yes", f"{_change(train, 'train_error')}; {_change(test, 'test_error')}"
-        elif widest.verdict == "tests worse":
+        elif pair.verdict == "tests worse":
             claim = "test worse: yes, and train worse within the seeds' spread"
             numbers = f"{_change(test, 'test_error')}; {_change(train, 'train_error')}"
-        elif widest.verdict == "gain" and train.direction(tolerance) == "lower":
+        elif pair.verdict == "gain" and train.direction(tolerance) == "lower":
             claim, numbers = "train and test better: yes", f"{_change(train, 'train_error')}; {_change(test, 'test_error')}"
-        elif widest.verdict == "gain":
+        elif pair.verdict == "gain":
             claim, numbers = "test better: yes", _change(test, "test_error")
-        elif metric == "test_error" and widest.verdict == "no clear difference":  # the study asks about test error
+        elif metric == "test_error" and pair.verdict == "no clear difference":  # the study asks about test error
             claim, numbers = f"test worse: {_yes_no(test, tolerance, wanted='higher')}", _change(test, "test_error")
         else:  # degradation, or no clear difference: the paper's question, do they train worse?
             claim, numbers = f"train worse: {_yes_no(train, tolerance, wanted='higher')}", _change(train, "train_error")
         verdicts = Counter(f.verdict for f in pairs)
         count = "; depth pairs: " + ", ".join(f"{n} {v}" for v, n in verdicts.most_common()) if len(pairs) > 1 else ""
-        clauses.append(f"deeper {nets} {claim} ({head}: {numbers}{count})")
+        gradient = by_pair.get(pair.labels)
+        because = f", and {gradient.clause}" if gradient else ""
+        clauses.append(f"deeper {nets} {claim} ({head}: {numbers}{count}){because}")
     return clauses
 
 
@@ -114,6 +119,19 @@ def _plain_vs_residual(findings: Sequence[Finding], tolerance: Tolerance) -> str
         verdict = _yes_no(finding.difference, tolerance, wanted="lower")
         parts.append(f"{verdict} {where} ({' → '.join(finding.labels)}: {_change(finding.difference, metric)})")
     return f"shortcuts lower {metric_words(metric)}: " + ", ".join(parts)
+
+
+def _responses_clause(responses: Sequence[Verdict]) -> str | None:
+    """"responses of the residual net are smaller than the plain net's, as in Fig. 7: at 56 layers (...)" where
+    the records show it beyond the seed spread (and "larger ..., unlike Fig. 7" where they show that); else None."""
+    parts = []
+    for verdict, reading in (("smaller", "smaller than the plain net's, as in Fig. 7"),
+                             ("larger", "larger than the plain net's, unlike Fig. 7")):
+        clear = [v for v in responses if v.verdict == verdict and v.clear]
+        if clear:
+            where = ", ".join(v.clause for v in sorted(clear, key=lambda v: -(v.depth or 0)))
+            parts.append(f"responses of the residual net are {reading}: {where}")
+    return "; ".join(parts) or None
 
 
 def _any_differs(findings: Sequence[Finding], what: str, tolerance: Tolerance) -> str | None:
@@ -204,18 +222,24 @@ def answer(
     tolerance: Tolerance,
     sweep: str | None = None,
     partial: bool = False,
+    gradients: Sequence[Verdict] = (),
+    responses: Sequence[Verdict] = (),
+    why: Sequence[WhyDeeper] = (),
 ) -> str:
-    """One or two sentences: the depth clauses, then the shortcut and block clauses, then the seeds.
+    """A few sentences: the depth clauses (each with its gradient verdict), what tells the deeper residual net
+    apart (``why``), then the shortcut clauses (with the Fig. 7 responses where they differ beyond the spread)
+    and block clauses, then the seeds.
 
     ``sweep``: the sentence of a sampled search (:func:`.sweep.sweep_answer`), used when no pair of
     configurations differs in depth, shortcut or block alone; ``partial``: some trials have not
-    finished (said at the end).
+    finished (said at the end); ``gradients``, ``responses``: :mod:`.evidence`; ``why``: :mod:`.deeper`.
     """
-    depth = _depth_clauses([f for f in findings if f.kind == "depth"], tolerance, metric)
+    depth = _depth_clauses([f for f in findings if f.kind == "depth"], tolerance, metric, gradients)
     other = [
         clause
         for clause in (
             _plain_vs_residual([f for f in findings if f.kind == "shortcut"], tolerance),
+            _responses_clause(responses),
             _any_differs(
                 [f for f in findings if f.kind == "shortcut" and "none" not in f.differing.get("model.shortcut", ())],
                 "shortcut options", tolerance,
@@ -244,7 +268,10 @@ def answer(
         return _sentence([f"best configuration: {best.label}, {metric_words(metric)} {stat.percent()} %", seeds])
     sentences = [clauses for clauses in (depth, other) if clauses]
     sentences[-1] = [*sentences[-1], seeds]
-    return " ".join(_sentence(clauses) for clauses in sentences)
+    texts = [_sentence(clauses) for clauses in sentences]
+    if depth:  # after the depth sentence: what tells the deeper residual net apart
+        texts[1:1] = [diagnosis.summary(detailed=True) for diagnosis in why]
+    return " ".join(texts)
 
 
 def finding_record(finding: Finding) -> dict[str, Any]:

@@ -28,6 +28,11 @@ spread is unknown: the verdict then rests on the size alone and is marked tentat
 never calls the difference clear ("higher", "no difference of 0.5 pp or more"). Two pooled std of a
 3-vs-3 comparison is a Welch t of about 2.4: a deliberately cautious bar.
 
+**Positive quantities that vary by factors** (a stage-1/head gradient-norm ratio, a layer-response
+std: :class:`FactorDifference`) go through the same rule on a log10 scale: the difference of the
+seeds' mean log10 values must reach ``min_spreads`` pooled std of the log10 values, and its size
+``Tolerance.min_factor`` (the counterpart of ``min_points``).
+
 All metrics compared here are error fractions (``*_error``), written as percentages.
 """
 
@@ -47,9 +52,20 @@ from ablate.report.aggregate import (
     describe,
     differing_keys,
     metric_words,
+    significant,
 )
 
-__all__ = ["Difference", "Finding", "Tolerance", "comparison_metric", "diagnose", "same_words"]
+__all__ = [
+    "Difference",
+    "FactorDifference",
+    "Finding",
+    "Tolerance",
+    "comparison_metric",
+    "depth_families",
+    "diagnose",
+    "same_words",
+    "widest",
+]
 
 DEPTH_VERDICTS = ("degradation", "overfitting", "tests worse", "gain", "no clear difference", "not enough data")
 AXIS_VERDICTS = ("clear difference", "no clear difference", "not enough data")
@@ -61,6 +77,7 @@ class Tolerance:
 
     min_points: float = 0.5  # percentage points; smaller differences are "no clear difference"
     min_spreads: float = 2.0  # pooled seed-to-seed std; smaller differences are within noise
+    min_factor: float = 1.1  # ratios of positive quantities (FactorDifference): smaller factors are "no clear difference"
 
 
 @dataclass(frozen=True)
@@ -104,19 +121,66 @@ class Difference:
         """The numbers behind :meth:`direction`: ``"+4.20 pp, 21.0 pooled std, 3 vs 3 seeds"``."""
         size = f"{100 * self.delta:+.2f} pp"
         seeds = f"{self.a.n} vs {self.b.n} seeds"
-        spreads = self.spreads
-        if spreads is None:
-            spread = "spread unknown"
-        elif math.isinf(spreads):
-            spread = "the seeds agree exactly"
-        else:
-            spread = f"{abs(spreads):.1f} pooled std"
+        spread = self.spread_text()
         reason = ""
         if self.direction(tolerance) == "same" and abs(100 * self.delta) < tolerance.min_points:
             reason = f"; under {tolerance.min_points:g} pp"
         elif self.direction(tolerance) == "same":
             reason = f"; under {tolerance.min_spreads:g} pooled std"
         return f"{size}, {spread}, {seeds}{reason}"
+
+    def spread_text(self, unit: str = "pooled std") -> str:
+        """``"21.0 pooled std"``, ``"the seeds agree exactly"`` or ``"spread unknown"``."""
+        spreads = self.spreads
+        if spreads is None:
+            return "spread unknown"
+        if math.isinf(spreads):
+            return "the seeds agree exactly"
+        return f"{abs(spreads):.1f} {unit}"
+
+
+@dataclass(frozen=True)
+class FactorDifference:
+    """``b`` against ``a`` for a positive quantity measured once per seed, judged on a log10 scale.
+
+    :meth:`direction` is :meth:`Difference.direction` on the seeds' log10 values, with the size bar
+    ``log10(tolerance.min_factor)`` in place of ``min_points``: the one noise rule, for factors.
+    """
+
+    a: tuple[float, ...]  # one positive value per seed
+    b: tuple[float, ...]
+
+    @property
+    def log(self) -> Difference:
+        return Difference(Stat.of([math.log10(v) for v in self.a]), Stat.of([math.log10(v) for v in self.b]))
+
+    @property
+    def factor(self) -> float:
+        """b / a, of the geometric means over seeds."""
+        return 10 ** self.log.delta
+
+    def direction(self, tolerance: Tolerance) -> str:
+        """``"higher"`` / ``"lower"`` (b against a) when the factor is clear, else ``"same"``."""
+        return self.log.direction(replace(tolerance, min_points=100 * math.log10(tolerance.min_factor)))
+
+    def size_words(self) -> str:
+        """``"100 times smaller"`` / ``"1.30 times larger"``: b against a."""
+        factor = self.factor
+        return f"{significant(1 / factor, 3)} times smaller" if factor < 1 else f"{significant(factor, 3)} times larger"
+
+    def reason(self, tolerance: Tolerance) -> str:
+        """Why the factor is not clear (``"under a factor 1.1"``, ``"within the seed spread"``); "" when it is."""
+        if self.direction(tolerance) != "same":
+            return ""
+        if max(self.factor, 1 / self.factor) < tolerance.min_factor:
+            return f"under a factor {tolerance.min_factor:g}"
+        return f"under {tolerance.min_spreads:g} pooled std: within the seed spread"
+
+    def evidence(self, tolerance: Tolerance) -> str:
+        """``"100 times smaller, 25.1 pooled std of log10, 3 vs 3 seeds"``, with the reason when not clear."""
+        reason = self.reason(tolerance)
+        spread = self.log.spread_text("pooled std of log10")
+        return f"{self.size_words()}, {spread}, {len(self.a)} vs {len(self.b)} seeds" + (f"; {reason}" if reason else "")
 
 
 @dataclass(frozen=True)
@@ -138,6 +202,20 @@ class Finding:
     def difference(self) -> Difference | None:
         """The difference on :attr:`metric`."""
         return self.differences.get(self.metric) if self.metric else None
+
+
+def depth_families(findings: Sequence[Finding]) -> dict[str, list[Finding]]:
+    """The depth findings by family (e.g. plain, residual), in the order found."""
+    families: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.kind == "depth":
+            families.setdefault(finding.family, []).append(finding)
+    return families
+
+
+def widest(pairs: Sequence[Finding]) -> Finding:
+    """The pair of a family whose depths lie furthest apart: the one the answer speaks of."""
+    return max(pairs, key=lambda f: (f.depths[1] or 0) - (f.depths[0] or 0))
 
 
 def comparison_metric(metric: str | None) -> str:

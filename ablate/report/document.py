@@ -2,11 +2,13 @@
 
 Sections, in order, one heading per topic: header (question, metric, status, invocations, trial
 counts, where the records are, the paper that sections and figures refer to, partial warning) ->
-answer (one or two sentences, :mod:`.answer`) -> results table in the paper's form (a sampled
-search: every trial, with the value at the stop for stopped ones, :mod:`.sweep`) -> depth ->
-shortcut options (findings and the option table per depth) -> block types -> sampled search (best
-configuration, importances, figures) -> Fig. 6 curves -> Fig. 7 layer responses -> trials outside the
-means or still running -> how differences are judged.
+answer (a few sentences, :mod:`.answer`) -> results table in the paper's form (a sampled
+search: every trial, with the value at the stop for stopped ones, :mod:`.sweep`) -> depth (each pair
+with its gradient verdict, :mod:`.evidence`) -> why the deeper residual net tests differently
+(:mod:`.deeper`) -> shortcut options (findings and the option table per depth) -> block types ->
+sampled search (best configuration, importances, figures) -> Fig. 6 curves -> per-part gradient norms ->
+Fig. 7 layer responses (with the plain/residual verdicts) -> trials outside the means or still running
+-> how differences are judged.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from ablate.report.aggregate import (
     differing_keys,
     metric_words,
 )
+from ablate.report.deeper import WhyDeeper
 from ablate.report.diagnose import AXES, Finding, Tolerance
+from ablate.report.evidence import HEAD, STAGE1, Verdict
 from ablate.report.render import Block, Bullets, Heading, Image, Paragraph, Table
 from ablate.report.sweep import MIN_COMPLETE, SweepView, trial_value
 from ablate.console import text_table
@@ -128,9 +132,44 @@ def _answer(text: str, findings: Sequence[Finding], sweep: SweepView | None) -> 
     return blocks
 
 
-def _findings(findings: Sequence[Finding], kind: str) -> list[Block]:
-    texts = tuple(f.text for f in findings if f.kind == kind)
+def _findings(findings: Sequence[Finding], kind: str, gradients: Sequence[Verdict] = ()) -> list[Block]:
+    """The findings of ``kind`` as bullets; a depth pair's bullet ends with its gradient verdict."""
+    by_pair = {v.labels: v.text for v in gradients}
+    texts = tuple(" ".join(filter(None, (f.text, by_pair.get(f.labels)))) for f in findings if f.kind == kind)
     return [Bullets(texts)] if texts else []
+
+
+_RATIO_NOTE = (
+    f"Gradients: r = {STAGE1} / {HEAD} per trial, the geometric mean over the evaluation points of the run's first "
+    "half of the quotient of the two mean gradient norms the trainer records (before the learning-rate drops); "
+    "shown as mean ± std over seeds, judged on log10 r with the rule under \"How differences are judged\". The "
+    "paper (sec. 4.1) argues that plain nets' degradation is unlikely to be caused by vanishing gradients."
+)
+
+
+def _gradient_note(findings: Sequence[Finding], gradients: Sequence[Verdict]) -> list[Block]:
+    if not any(f.kind == "depth" for f in findings):
+        return []
+    if gradients and all(v.verdict == "not enough data" for v in gradients):
+        return [Paragraph(f"Gradients: no trial of these depth pairs recorded {STAGE1} and {HEAD} (an older store, "
+                          "or trials that did not log them): no gradient verdict.")]
+    return [Paragraph(_RATIO_NOTE)] if gradients else []
+
+
+def _why(why: Sequence[WhyDeeper]) -> list[Block]:
+    """The deeper residual net against the shallower one, on the three measurements (sec. 4.2)."""
+    if not why:
+        return []
+    blocks: list[Block] = [Heading("Why the deeper residual net tests differently")]
+    blocks.append(Paragraph(
+        "The paper reads ResNet-1202's higher test error against ResNet-110 as overfitting (sec. 4.2: similar "
+        "training error, higher test error, 19.4M parameters on 50k images). Three measured things, each against "
+        "the seed spread: the train/test gap (final test error - training error), the lesion curves "
+        "(`ablate lesion`: test error with one unit, and with k random units, deleted) and the gradients."))
+    for diagnosis in why:
+        blocks += [Bullets(tuple(m.text[:1].upper() + m.text[1:] + "." for m in diagnosis.measured)),
+                   Paragraph(diagnosis.summary())]
+    return blocks
 
 
 def _results(summaries: Sequence[ConfigSummary], metric: str, mode: str | None) -> list[Block]:
@@ -248,6 +287,12 @@ _FIGURE_TEXT = {  # key of `figures` -> (heading, caption, what to say when ther
         "Mean over seeds; dashed: training error, solid: test error; one colour per depth (cf. Fig. 6).",
         "No trial has logged training or test error yet.",
     ),
+    "gradients": (
+        "Gradient norms",
+        "Mean gradient norm of each part of the network (stem, stages, head) over training, mean over seeds, log "
+        "scale; one panel per net of the depth pairs (sec. 4.1).",
+        "No trial of the depth pairs recorded grad_norm/<part> histories (an older store).",
+    ),
     "responses": (
         "Layer responses",
         "Std of each 3x3 layer's response, network order (top) and sorted (bottom) (cf. Fig. 7).",
@@ -257,12 +302,18 @@ _FIGURE_TEXT = {  # key of `figures` -> (heading, caption, what to say when ther
 }
 
 
-def _figures(figures: Mapping[str, Path | None]) -> list[Block]:
+def _figures(figures: Mapping[str, Path | None], responses: Sequence[Verdict] = ()) -> list[Block]:
+    """The figures' sections; the layer responses' ends with the plain/residual verdicts (Fig. 7)."""
     blocks: list[Block] = []
     for key, (title, caption, missing) in _FIGURE_TEXT.items():
         if key in figures:  # not drawn at all for a sampled search
             path = figures[key]
             blocks += [Heading(title), Image(path, caption) if path else Paragraph(missing)]
+            if key == "responses" and responses:
+                blocks += [Paragraph("Plain against residual nets of the same depth: the mean over layers of the "
+                                     "response std, per trial, judged on its log10 over seeds (Fig. 7: residual "
+                                     "nets have generally smaller responses)."),
+                           Bullets(tuple(v.text for v in responses))]
     return blocks
 
 
@@ -285,7 +336,10 @@ def _method(tolerance: Tolerance, study: Mapping[str, Any] | None) -> list[Block
         f"{tolerance.min_points:g} points) or lower while its test error is higher; tests worse = its test error is "
         "higher and its training error higher too, within the noise (degradation and overfitting cannot be told "
         "apart); gain = its test error is lower. In the answer, \"not clear at this budget\" means a difference "
-        "above the size threshold but within the seed-to-seed noise: more seeds or longer runs would decide it."
+        "above the size threshold but within the seed-to-seed noise: more seeds or longer runs would decide it. "
+        "Quantities that vary by factors (the stage-1/head gradient-norm ratio, the mean layer-response std) follow "
+        "the same rule on their log10: clear when the factor is at least "
+        f"{tolerance.min_factor:g} and at least {tolerance.min_spreads:g} pooled std of the seeds' log10 values."
     )
     for axis, _ in AXES:
         coupled = coupled_keys(study, axis)
@@ -304,22 +358,31 @@ def document(
     tolerance: Tolerance,
     answer: str,
     sweep: SweepView | None = None,
+    gradients: Sequence[Verdict] = (),
+    responses: Sequence[Verdict] = (),
+    why: Sequence[WhyDeeper] = (),
 ) -> list[Block]:
-    """The report's blocks; ``figures`` maps ``"curves"``, ``"responses"`` (grid) or ``"sweep"``,
-    ``"sweep_curves"`` (sampled) to a PNG, or None when there was nothing to draw."""
+    """The report's blocks; ``figures`` maps ``"curves"``, ``"gradients"``, ``"responses"`` (grid) or
+    ``"sweep"``, ``"sweep_curves"`` (sampled) to a PNG, or None when there was nothing to draw;
+    ``gradients``, ``responses``: :mod:`.evidence`; ``why``: :mod:`.deeper`."""
     if not summaries:
         return _header(records) + [Paragraph("No trial has been recorded yet.")]
     mode = records.mode
     blocks = _header(records) + _answer(answer, findings, sweep)
     blocks += _sweep_results(records, sweep, metric, mode) if sweep else _results(summaries, metric, mode)
     shortcut_tables = _shortcut_tables(summaries, metric, coupled_keys(records.study, "model.shortcut"))
+    recorded = gradients if any(v.verdict != "not enough data" for v in gradients) else ()  # else one note says so
     for kind, title in _KINDS:
-        body = _findings(findings, kind) + (shortcut_tables if kind == "shortcut" else [])
+        body = _findings(findings, kind, recorded) + (shortcut_tables if kind == "shortcut" else [])
+        if kind == "depth":
+            body += _gradient_note(findings, gradients)
         if body:
             blocks += [Heading(title), *body]
+        if kind == "depth":
+            blocks += _why(why)
     if sweep:
         blocks += _sweep(sweep, figures, metric)
-    return blocks + _figures(figures) + _trial_status(records.trials) + _method(tolerance, records.study)
+    return blocks + _figures(figures, responses) + _trial_status(records.trials) + _method(tolerance, records.study)
 
 
 def terminal_summary(

@@ -1,4 +1,5 @@
-"""Figures in the style of He et al. 2015: training curves (Fig. 6) and layer responses (Fig. 7), as PNG.
+"""Figures in the style of He et al. 2015: training curves (Fig. 6), layer responses (Fig. 7), and the
+per-part gradient norms behind the sec. 4.1 argument, as PNG.
 
 Drawn through matplotlib's object API (``Figure`` rendered by the Agg canvas): no display and no
 pyplot state, so reports can be made on a headless machine and from several threads.
@@ -14,6 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ablate.metrics import GRAD_NORM_PREFIX
 from ablate.report.aggregate import (
     ConfigSummary,
     comparison_sets,
@@ -25,7 +27,7 @@ from ablate.report.aggregate import (
     partition,
 )
 
-__all__ = ["plot_curves", "plot_layer_responses"]
+__all__ = ["plot_curves", "plot_grad_norms", "plot_layer_responses"]
 
 _DPI = 110
 _PANEL = (5.0, 3.6)  # inches per panel (width, height)
@@ -157,5 +159,51 @@ def plot_layer_responses(summaries: Sequence[ConfigSummary], path: Path) -> Path
         ax.grid(alpha=0.3)
     top.legend(fontsize=8, ncols=2)
     figure.suptitle("Layer responses: std of each 3x3 layer's output after BN, before addition/ReLU", fontsize=10)
+    figure.savefig(path, dpi=_DPI)
+    return path
+
+
+def _part_order(part: str) -> tuple:
+    """stem, stage1, stage2, ..., head: the order of the network."""
+    if part == "stem":
+        return (0, 0, part)
+    if part.startswith("stage") and part.removeprefix("stage").isdigit():
+        return (1, int(part.removeprefix("stage")), part)
+    return (2, 0, part)
+
+
+def plot_grad_norms(summaries: Sequence[ConfigSummary], path: Path) -> Path | None:
+    """Per-part gradient norms (``grad_norm/<part>``) against iterations, log y: one panel per configuration.
+
+    Each line is one part of the network (stem, stage1..K, head), the mean over the seeds in the means
+    (sec. 4.1: do the plain nets' early-stage gradients vanish?). Returns ``path``, or None when no trial of
+    ``summaries`` logged a gradient-norm history.
+    """
+    panels = []
+    for summary in summaries:
+        parts = sorted({key.removeprefix(GRAD_NORM_PREFIX) for t in summary.used for key in t.history
+                        if key.startswith(GRAD_NORM_PREFIX)}, key=_part_order)
+        curves = [(part, curve) for part in parts if (curve := mean_curve(summary.used, GRAD_NORM_PREFIX + part))]
+        if curves:
+            panels.append((summary, curves))
+    if not panels:
+        return None
+    columns = min(len(panels), 3)
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(_PANEL[0] * columns, _PANEL[1] * rows + 0.4))
+    _set_margins(figure, left=0.9)
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True).ravel()  # one scale: nets compare by eye
+    for ax, (summary, curves) in zip(axes, panels):
+        for index, (part, curve) in enumerate(curves):
+            ax.plot(curve.steps, curve.values, color=f"C{index % 10}", lw=1.3, label=part)
+        ax.set_yscale("log")
+        ax.set_title(summary.label + (" (partial)" if summary.partial else ""), fontsize=10)
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("gradient norm")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, ncols=2)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    figure.suptitle("Gradient norm of each part of the network, mean over seeds (log scale)", fontsize=11)
     figure.savefig(path, dpi=_DPI)
     return path

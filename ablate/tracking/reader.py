@@ -7,8 +7,8 @@ still running: its trials are returned with the values logged so far and marked 
 Operation order of :func:`load_study_records`: find the study's experiment (named after the study)
 -> its parent runs (one per ``ablate run`` invocation) -> all their trial runs -> keep the latest
 run per (configuration group, seed), so a resumed study's re-run trial replaces the interrupted one
--> per kept trial: parsed params, the latest value of each metric (a run's final value), per-epoch
-error histories, layer responses.
+-> per kept trial: parsed params, the latest value of each metric (a run's final value), the histories of
+the error metrics and of the ``grad_norm/<part>`` family, layer responses.
 
 Records written before the current names read the same: ``final/<metric>`` copies are skipped and a
 ``model.depth`` param reads as ``depth`` (:data:`~ablate.tracking.layout.LEGACY_PARAMS`).
@@ -43,24 +43,33 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from ablate.errors import UserError
-from ablate.metrics import ERROR_METRICS, Status
+from ablate.metrics import ERROR_METRICS, GRAD_NORM_PREFIX, Status
 from ablate.tracking import layout
 from ablate.tracking.store import close_abandoned_runs, open_store
 
 __all__ = [
     "History",
     "LayerResponses",
+    "LesionRecord",
     "PARTIAL_STATUSES",
     "ParentRecord",
     "StudyRecords",
     "TrialRecord",
     "UnknownStudyError",
+    "has_history",
     "list_studies",
     "load_study_records",
 ]
 
-# Metrics whose whole history is read back (Fig. 6 curves); the others only as latest values.
+# Metrics whose whole history is read back (Fig. 6 curves), with every grad_norm/<part> (the gradient-norm
+# figure and ratio); the others only as latest values. One history request per metric and trial.
 HISTORY_METRICS = ERROR_METRICS
+
+
+def has_history(metric: str) -> bool:
+    """Whether the reader reads ``metric``'s whole history: :data:`HISTORY_METRICS` and ``grad_norm/<part>``."""
+    return metric in HISTORY_METRICS or metric.startswith(GRAD_NORM_PREFIX)
+
 
 # Trial statuses whose values are not final yet: still running, or stopped by Ctrl-C to go on after --resume.
 PARTIAL_STATUSES = (Status.RUNNING, Status.INTERRUPTED)
@@ -95,6 +104,19 @@ class LayerResponses:
 
 
 @dataclass(frozen=True)
+class LesionRecord:
+    """One trial's lesion sweep (``lesion.json``): test errors with residual units deleted (Veit et al. 2016)."""
+
+    base_error: float
+    unit_names: tuple[str, ...]
+    stages: tuple[int, ...]
+    transitions: tuple[bool, ...]
+    single: tuple[float | None, ...]
+    k: tuple[int, ...]
+    draws: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
 class TrialRecord:
     """One trial run (a child run) as recorded."""
 
@@ -108,8 +130,9 @@ class TrialRecord:
     params: dict[str, Any]  # the run's params (see layout), values parsed back from strings; no None values
     tags: dict[str, str]
     metrics: dict[str, float]  # the latest value of every metric: the final one once the trial has ended
-    history: dict[str, History]  # HISTORY_METRICS that were logged
+    history: dict[str, History]  # the metrics with has_history() that were logged
     layer_responses: LayerResponses | None  # None when the artifact is absent or unreadable
+    lesion: LesionRecord | None = None
 
     def value(self, metric: str) -> float | None:
         """The latest value of ``metric``: final once the trial ended (at the stop for a stopped trial)."""
@@ -325,8 +348,8 @@ def _trial_record(client: MlflowClient, run: Run, scratch: Path, tracking_uri: s
             params[layout.LEGACY_PARAMS.get(key, key)] = value
     metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith(layout.LEGACY_FINAL_PREFIX)}
     history = {}
-    for key in HISTORY_METRICS:
-        if key in metrics:
+    for key in sorted(metrics):
+        if has_history(key):
             points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
             history[key] = History(tuple(m.step for m in points), tuple(m.value for m in points))
     responses = _read_artifact(run, layout.ARTIFACT_RESPONSES, scratch, tracking_uri)
