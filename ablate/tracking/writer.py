@@ -9,7 +9,8 @@ ui`` (:mod:`.ui`); a parent run with its tags, description, ``study.yaml`` and t
 overrides as params) -> per trial :meth:`~StudyWriter.start_trial` (the trial's child run: reused when
 the trial id already has one, as after ``--resume``; else created with params, tags and
 ``config.json``) -> :meth:`~StudyWriter.log_metrics` at every report (step = training iteration) ->
-:meth:`~StudyWriter.end_trial` (``layer_responses.json``, status) -> :meth:`~StudyWriter.end_study`,
+:meth:`~StudyWriter.end_trial` (``layer_responses.json``, status) -> for a finished trial
+:meth:`~StudyWriter.log_weights` (``weights.pt``, once its last checkpoint is in) -> :meth:`~StudyWriter.end_study`,
 which also ends every child run still open, so that a crash or a Ctrl-C leaves no run marked RUNNING.
 Later, ``ablate report`` writes the study's answer onto the parent run (:func:`record_answer`).
 
@@ -152,6 +153,7 @@ class StudyWriter:
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self._open: dict[str, str] = {}  # trial id -> child run id, for runs opened here and not ended
+        self._runs: dict[str, str] = {}  # trial id -> child run id, for every run opened here (ended ones too)
         self._last_step: dict[str, int] = {}  # trial id -> last step logged
         self._provenance: dict[str, str] | None = None
         self.abandoned: list[str] = []  # parent runs of earlier invocations, left RUNNING by a dead driver, closed
@@ -243,6 +245,7 @@ class StudyWriter:
             self.client.set_tag(run_id, layout.TAG_DRIVER, driver_id())
             self._last_step[trial_id] = self._logged_up_to(run_id)
         self._open[trial_id] = run_id
+        self._runs[trial_id] = run_id
         return run_id
 
     def log_metrics(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
@@ -278,6 +281,16 @@ class StudyWriter:
             self.client.log_text(run_id, error, ARTIFACT_ERROR)
         self.client.set_tag(run_id, layout.TAG_STATUS, status)
         self.client.set_terminated(run_id, MLFLOW_STATUS[status])
+
+    def log_weights(self, trial_id: str, path: str | Path) -> None:
+        """Log the file ``path`` (named :data:`~.layout.ARTIFACT_WEIGHTS`) as the trial's final weights.
+
+        The run may have ended already: Ray Tune registers a trial's last checkpoint after its last report.
+        """
+        path = Path(path)
+        if path.name != layout.ARTIFACT_WEIGHTS:
+            raise ValueError(f"weights are logged as {layout.ARTIFACT_WEIGHTS}, not {path.name}")
+        self.client.log_artifact(self._runs[trial_id], str(path))
 
     @property
     def open_trials(self) -> list[str]:
