@@ -52,6 +52,7 @@ __all__ = [
     "StudyWriter",
     "metric_key",
     "record_answer",
+    "record_lesion",
     "reported_metrics",
     "run_params",
     "study_note",
@@ -124,6 +125,15 @@ def record_answer(
     batch = [Metric(metric_key(key), float(value), now, step) for key, value in metrics.items()]
     for start in range(0, len(batch), _BATCH):
         client.log_batch(run_id, metrics=batch[start:start + _BATCH])
+
+
+def record_lesion(tracking_uri: str, run_id: str, *, lesion: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """Write a trial's lesion sweep onto its (ended) child run: ``lesion`` as ``lesion.json``, ``metrics`` at
+    step 0 (:data:`~.layout.METRIC_LESION_BASE`, ...). A later sweep replaces the file; MLflow shows its metrics."""
+    client = MlflowClient(tracking_uri)
+    client.log_text(run_id, json.dumps(dict(lesion)), layout.ARTIFACT_LESION)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
 
 
 def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
