@@ -45,7 +45,7 @@ from ablate.tracking.writer import record_lesion
 from ablate.trainer import resolve_device, speed_defaults
 from ablate.weights import WeightsError, load_weights
 
-__all__ = ["DRAWS", "MAX_K", "LesionError", "Sweep", "lesion_study", "sweep", "test_error"]
+__all__ = ["DRAWS", "MAX_K", "LesionError", "Sweep", "lesion_study", "measure_error", "sweep"]
 
 MAX_K = 10  # default K: deleted units go up to min(MAX_K, deletable units)
 DRAWS = 5  # default random draws per k
@@ -86,7 +86,7 @@ class Sweep:
 
 
 @torch.no_grad()
-def test_error(model: torch.nn.Module, data: DeviceData, *, batch_size: int, autocast=nullcontext()) -> float:
+def measure_error(model: torch.nn.Module, data: DeviceData, *, batch_size: int, autocast=nullcontext()) -> float:
     """The fraction of ``data`` that ``model`` (in eval mode: BN running statistics) gets wrong."""
     model.eval()
     wrong = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -106,7 +106,7 @@ def sweep(
     """
     def error(deleted: list[str]) -> float:
         net = delete_units(model, deleted) if deleted else model
-        return test_error(net, data, batch_size=batch_size, autocast=autocast)
+        return measure_error(net, data, batch_size=batch_size, autocast=autocast)
 
     sites = tuple(unit_sites(model))
     deletable = [site.name for site in sites if site.deletable]

@@ -5,7 +5,8 @@ counts, where the records are, the paper that sections and figures refer to, par
 answer (one or two sentences, :mod:`.answer`) -> results table in the paper's form (a sampled
 search: every trial, with the value at the stop for stopped ones, :mod:`.sweep`) -> depth ->
 shortcut options (findings and the option table per depth) -> block types -> sampled search (best
-configuration, importances, figures) -> Fig. 6 curves -> Fig. 7 layer responses -> trials outside the
+configuration, importances, figures) -> Fig. 6 curves -> Fig. 7 layer responses -> lesions (after
+``ablate lesion``) -> trials outside the
 means or still running -> how differences are judged.
 """
 
@@ -304,9 +305,11 @@ def document(
     tolerance: Tolerance,
     answer: str,
     sweep: SweepView | None = None,
+    lesion: Sequence[Block] = (),
 ) -> list[Block]:
     """The report's blocks; ``figures`` maps ``"curves"``, ``"responses"`` (grid) or ``"sweep"``,
-    ``"sweep_curves"`` (sampled) to a PNG, or None when there was nothing to draw."""
+    ``"sweep_curves"`` (sampled) to a PNG, or None when there was nothing to draw; ``lesion``: the
+    Lesion section (:mod:`.lesion`), after the figures."""
     if not summaries:
         return _header(records) + [Paragraph("No trial has been recorded yet.")]
     mode = records.mode
@@ -319,7 +322,7 @@ def document(
             blocks += [Heading(title), *body]
     if sweep:
         blocks += _sweep(sweep, figures, metric)
-    return blocks + _figures(figures) + _trial_status(records.trials) + _method(tolerance, records.study)
+    return blocks + _figures(figures) + list(lesion) + _trial_status(records.trials) + _method(tolerance, records.study)
 
 
 def terminal_summary(

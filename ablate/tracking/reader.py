@@ -406,7 +406,8 @@ def trial_artifact(trial: TrialRecord, name: str, directory: str | os.PathLike, 
     """Download the trial's top-level artifact ``name`` into ``directory``; its path, or None when it was not
     logged or cannot be reached (a store copied without its artifact folder)."""
     try:
-        local = MlflowClient(tracking_uri).download_artifacts(trial.run_id, name, dst_path=str(directory))
+        with _no_progress_bars():
+            local = MlflowClient(tracking_uri).download_artifacts(trial.run_id, name, dst_path=str(directory))
     except (MlflowException, OSError):
         return None
     path = Path(local)
