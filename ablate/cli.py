@@ -6,6 +6,7 @@
     ablate run studies/X.yaml             run a study on Ray Tune, recorded in MLflow
     ablate studies                        the studies recorded in MLflow
     ablate report --study X               tables, plots and a diagnosis from the records
+    ablate lesion --study X               test error of the trained nets with units deleted (Veit et al. 2016)
     ablate bench --model resnet20         training throughput against the conventional pipeline
 
 User errors (a bad config, study file or data set: :class:`ablate.errors.UserError`) print one message
@@ -101,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="output folder; the report goes to OUT/STUDY/")
     p.add_argument("--json", action="store_true", help="print the answer and the findings as JSON for scripts")
     p.set_defaults(handler=_report)
+
+    p = sub.add_parser("lesion", help="test error of a study's trained nets with residual units deleted")
+    p.add_argument("--study", required=True, help="the study's name (see 'ablate studies')")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db at the project root)")
+    p.add_argument("--k", type=_positive, help="delete up to K random units at once (default 10, at most the "
+                                               "deletable units)")
+    p.add_argument("--draws", type=_positive, help="random sets of units per k (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random draws, with each trial's seed")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.set_defaults(handler=_lesion)
 
     p = sub.add_parser("bench", help="training throughput and memory against the conventional pipeline")
     p.add_argument("--model", default="resnet20")
@@ -274,6 +285,18 @@ def _report(args) -> int:
         return 0
     print(result.summary)
     print(f"\nreport written to {result.path}")
+    return 0
+
+
+def _lesion(args) -> int:
+    from ablate.lesion import DRAWS, MAX_K, lesion_study
+
+    max_k, draws = args.k or MAX_K, args.draws or DRAWS
+    print(f"lesion sweep of study {args.study}: k = 1..{max_k}, {draws} random draws each", flush=True)
+    results = lesion_study(args.study, tracking_uri=args.tracking_uri, max_k=max_k, draws=draws,
+                           seed=args.seed, device=args.device, out=lambda line: print(line, flush=True))
+    print(f"lesion.json and lesion/* metrics logged on {len(results)} trial runs; "
+          f"`ablate report --study {args.study}` shows them")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The ResNet design space (He et al. 2015: CIFAR and ImageNet nets; 2016: unit variants), its registry,
-parameter and MAC counts.
+parameter and MAC counts, and lesions (units deleted from a trained net; Veit et al. 2016).
 
 Example::
 
@@ -10,6 +10,7 @@ Example::
 """
 
 from ablate.models.counting import count_macs, count_params
+from ablate.models.lesion import DeletedUnit, UnitSite, delete_units, unit_sites
 from ablate.models.registry import (
     ModelInput,
     create_model,
@@ -24,12 +25,15 @@ from ablate.models.registry import (
 from ablate.models.resnet import ResNet, build_model
 
 __all__ = [
+    "DeletedUnit",
     "ModelInput",
     "ResNet",
+    "UnitSite",
     "build_model",
     "count_macs",
     "count_params",
     "create_model",
+    "delete_units",
     "default_input",
     "imagenet_spec",
     "list_models",
@@ -37,4 +41,5 @@ __all__ = [
     "register_model",
     "registry_name",
     "spec_for_depth",
+    "unit_sites",
 ]

@@ -280,6 +280,47 @@ class _Unit(nn.Module):
         return self._join(F.relu(bn(out)), x)  # relu_before_add: BN, ReLU, add
 
 
+    @property
+    def reshapes(self) -> bool:
+        """Whether the unit's output differs in shape from its input (a stride, or new channels)."""
+        first, last = self.conv1, getattr(self, f"conv{self.num_layers}")
+        strided = any(getattr(self, f"conv{i}").stride != (1, 1) for i in range(1, self.num_layers + 1))
+        return strided or first.in_channels != last.out_channels
+
+    def without_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit with its residual branch F deleted (Veit, Wilber and Belongie 2016, sec. 4: a lesion).
+
+        F is taken as zero in the sum, so the shortcut path remains (the identity, option A's zero-padding,
+        a projection, a scaled or gated shortcut) followed by what the unit applies after the addition:
+        ReLU for ``original``; BN, ReLU for ``bn_after_add``; nothing for ``relu_before_add`` and the
+        pre-activation units, whose projections still read the pre-activated input. A plain unit has
+        no shortcut: deleting it leaves the identity, which only a unit that keeps the shape allows
+        (ValueError otherwise).
+        """
+        shortcut = self.shortcut
+        if shortcut is None:
+            if self.reshapes:
+                raise ValueError("a plain unit that changes the shape (a stride or new channels) cannot be deleted: "
+                                 "without a shortcut nothing would remain to carry its input on")
+            return x
+        pre = None
+        if self.activation == "full_preact":
+            pre = F.relu(self.bn1(x))
+        elif self.activation == "relu_preact":
+            pre = F.relu(x)
+        source = pre if pre is not None and getattr(shortcut, "projects", False) else x
+        if isinstance(shortcut, Join):
+            base = shortcut.base(source)
+            out = shortcut(torch.zeros_like(base), source)
+        else:
+            out = shortcut(source)
+        if self.activation == "original":
+            return F.relu(out)
+        if self.activation == "bn_after_add":
+            return F.relu(getattr(self, f"bn{self.num_layers}")(out))
+        return out
+
+
 class BasicBlock(_Unit):
     """Basic unit (2015 sec. 4.2, Fig. 5 left): two 3x3 convs; the first carries the stride."""
 

@@ -6,7 +6,7 @@ Operation order of :func:`make_report`: read the study back from the tracking st
 verdicts of the depth pairs and Fig. 7 responses of plain against residual nets (:mod:`.evidence`), and
 for residual depth pairs on test error the three-measurement diagnosis (:mod:`.deeper`); for a sampled
 search, its best configuration and importances (:mod:`.sweep`) -> the answer (:mod:`.answer`) -> PNGs:
-Fig. 6 / gradient norms / Fig. 7 style (:mod:`.plots`), or the sweep's -> ``report.md`` and a self-contained ``report.html``
+Fig. 6 / gradient norms / Fig. 7 style (:mod:`.plots`), or the sweep's; the lesion figure where ``ablate lesion`` has run (:mod:`.lesion`) -> ``report.md`` and a self-contained ``report.html``
 (:mod:`.document`, :mod:`.render`) in ``out_dir/NAME/`` -> onto the study's latest parent run: the folder
 as artifacts ``report/``, the question and answer as its description, the headline numbers as metrics.
 
@@ -34,6 +34,7 @@ from ablate.report.deeper import WhyDeeper, why_applies, why_deeper
 from ablate.report.diagnose import Finding, Tolerance, comparison_metric, diagnose
 from ablate.report.document import document, format_counts, terminal_summary
 from ablate.report.evidence import Verdict, gradient_verdicts, response_verdicts, verdict_record
+from ablate.report.lesion import lesion_blocks, lesion_sentence, lesion_views, plot_lesion
 from ablate.report.plots import plot_curves, plot_grad_norms, plot_layer_responses
 from ablate.report.sweep import SweepView, plot_sweep, plot_sweep_curves, sampled_axes, sweep_answer, sweep_view
 from ablate.console import text_table
@@ -51,6 +52,7 @@ FIGURES = {  # key -> file name in the report folder
     "responses": "layer_responses.png",
     "sweep": "hyperparameters.png",
     "sweep_curves": "sweep_curves.png",
+    "lesion": "lesion.png",
 }
 
 
@@ -98,17 +100,22 @@ def make_report(study_name: str, *, tracking_uri: str | None = None, out_dir: st
     text = answer(summaries, findings, metric=metric, mode=records.mode, tolerance=tolerance,
                   sweep=_sweep_sentence(sweep, summaries, metric), partial=records.partial, gradients=gradients,
                   responses=responses, why=why)
+    lesions = lesion_views(summaries)  # empty unless `ablate lesion` has run on the study
+    if lesions:
+        text = f"{text} {lesion_sentence(lesions)}"
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in FIGURES.values():  # a figure from an earlier report must not outlive its data
         (folder / name).unlink(missing_ok=True)
     figures = _figures(records, summaries, findings, sweep, folder, metric)
+    lesion_figure = plot_lesion(lesions, folder / FIGURES["lesion"])
     blocks = document(records, summaries, findings, figures, metric=metric, tolerance=tolerance, answer=text,
-                      sweep=sweep, gradients=gradients, responses=responses, why=why)
+                      sweep=sweep, gradients=gradients, responses=responses, why=why,
+                      lesion=lesion_blocks(lesions, lesion_figure))
     markdown, page = folder / "report.md", folder / "report.html"
     markdown.write_text(to_markdown(blocks), encoding="utf-8")
     page.write_text(to_html(blocks, title=f"Study {study_name}"), encoding="utf-8")
-    files = (markdown, page, *(path for path in figures.values() if path is not None))
+    files = (markdown, page, *(path for path in (*figures.values(), lesion_figure) if path is not None))
 
     parent = records.latest_parent.run_id
     try:

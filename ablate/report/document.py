@@ -7,7 +7,8 @@ search: every trial, with the value at the stop for stopped ones, :mod:`.sweep`)
 with its gradient verdict, :mod:`.evidence`) -> why the deeper residual net tests differently
 (:mod:`.deeper`) -> shortcut options (findings and the option table per depth) -> block types ->
 sampled search (best configuration, importances, figures) -> Fig. 6 curves -> per-part gradient norms ->
-Fig. 7 layer responses (with the plain/residual verdicts) -> trials outside the means or still running
+Fig. 7 layer responses (with the plain/residual verdicts) -> lesions (after
+``ablate lesion``) -> trials outside the means or still running
 -> how differences are judged.
 """
 
@@ -361,10 +362,12 @@ def document(
     gradients: Sequence[Verdict] = (),
     responses: Sequence[Verdict] = (),
     why: Sequence[WhyDeeper] = (),
+    lesion: Sequence[Block] = (),
 ) -> list[Block]:
     """The report's blocks; ``figures`` maps ``"curves"``, ``"gradients"``, ``"responses"`` (grid) or
     ``"sweep"``, ``"sweep_curves"`` (sampled) to a PNG, or None when there was nothing to draw;
-    ``gradients``, ``responses``: :mod:`.evidence`; ``why``: :mod:`.deeper`."""
+    ``gradients``, ``responses``: :mod:`.evidence`; ``why``: :mod:`.deeper`; ``lesion``: the Lesion
+    section (:mod:`.lesion`), after the figures."""
     if not summaries:
         return _header(records) + [Paragraph("No trial has been recorded yet.")]
     mode = records.mode
@@ -382,7 +385,8 @@ def document(
             blocks += _why(why)
     if sweep:
         blocks += _sweep(sweep, figures, metric)
-    return blocks + _figures(figures, responses) + _trial_status(records.trials) + _method(tolerance, records.study)
+    return (blocks + _figures(figures, responses) + list(lesion) + _trial_status(records.trials)
+            + _method(tolerance, records.study))
 
 
 def terminal_summary(

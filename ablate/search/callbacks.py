@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -28,9 +30,11 @@ from ablate.config import TrainConfig
 from ablate.data import data_source
 from ablate.metrics import LAYER_RESPONSES, STATUS, TRAINER_END_STATUSES, Status
 from ablate.models import count_macs, count_params
-from ablate.search.trainable import trial_runs
+from ablate.search.trainable import PACK, trial_runs
 from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
+from ablate.trainer import CHECKPOINT_FILE
+from ablate.weights import WeightsError, save_weights, weights_from_checkpoint
 
 __all__ = ["PROGRESS_EVERY", "Progress", "Recorder", "trial_name"]
 
@@ -76,6 +80,11 @@ class Recorder(tune.Callback):
     Child status at the end: the trainer's last ``status`` (finished | diverged); ``stopped`` when the
     trial ended on a ``running`` report (ASHA stopped it); ``failed`` when Tune gave up on it (after
     ``FailureConfig.max_failures`` retries).
+
+    A finished run's final weights: Tune registers the checkpoint of a report after passing the report
+    on (:meth:`on_trial_result`, which ends the run), then calls :meth:`on_checkpoint` with it; there the
+    ``"model"`` entry of the run's ``checkpoint.pt`` (member ``k``'s folder in a fused trial) is logged as
+    ``weights.pt`` (:mod:`ablate.weights`).
     """
 
     def __init__(self, writer: StudyWriter, *, expected: int, resumed: bool = False):
@@ -86,6 +95,7 @@ class Recorder(tune.Callback):
         self.ended: dict[str, str] = {}  # run id -> status, for runs that ended in this invocation
         self.done_before = 0  # runs that had ended before this invocation (--resume)
         self._costs: dict[str, dict[str, Any]] = {}  # group -> model params
+        self.weighed: set[str] = set()  # run ids whose final weights were logged in this invocation
 
     def __getstate__(self) -> dict[str, Any]:
         return {"expected": self.expected}  # the live writer never goes into Tune's pickles
@@ -130,6 +140,27 @@ class Recorder(tune.Callback):
             if run_id in open_runs:
                 self.writer.end_trial(run_id, Status.FAILED, error=_error_text(trial))
                 self.ended[run_id] = Status.FAILED
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint, **info) -> None:
+        finished = [
+            (k, run_id) for k, (run_id, _, metrics) in enumerate(runs(trial))
+            if metrics.get(STATUS) == Status.FINISHED and run_id in self.started and run_id not in self.weighed
+        ]
+        if not finished:
+            return
+        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory(prefix="ablate-weights-") as tmp:
+            for k, run_id in finished:
+                source = Path(folder) / CHECKPOINT_FILE
+                if PACK in trial.config:  # a fused trial: member k's folder
+                    from ablate.fused import member_dir
+
+                    source = member_dir(folder, k) / CHECKPOINT_FILE
+                self.weighed.add(run_id)
+                try:
+                    path = save_weights(weights_from_checkpoint(source), Path(tmp) / layout.ARTIFACT_WEIGHTS)
+                    self.writer.log_weights(run_id, path)
+                except (WeightsError, OSError, MlflowException) as err:  # the study goes on without them
+                    print(f"  {run_id}: its final weights were not kept ({err})", flush=True)
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         if self.resumed:  # a first invocation has no earlier runs, whatever state Tune leaves a trial in

@@ -14,8 +14,19 @@ Child runs hold:
 - metrics at every evaluation point, ``step`` = training iteration: the trainer's numbers,
   :data:`ablate.metrics.EVAL_METRICS` and the ``grad_norm/<part>`` family (:mod:`ablate.metrics`);
   a run's final values are its latest ones;
-- artifacts ``layer_responses.json`` (``{"names": [...], "std": [...]}``, network order) and
-  ``config.json`` (the resolved config, every field);
+- artifacts ``layer_responses.json`` (``{"names": [...], "std": [...]}``, network order),
+  ``config.json`` (the resolved config, every field) and, for a finished trial, ``weights.pt`` (its final
+  weights: a state dict of tensors, loadable with ``torch.load(weights_only=True)`` into
+  ``build_model(config.model)``); after ``ablate lesion``, ``lesion.json``::
+
+      {"base_error": float,
+       "units": [{"name": "stages.0.0", "stage": 1, "transition": false, "error": float | null}, ...],
+       "k": [1, ..., K],
+       "draws": [[error of each random draw of k deleted units], ...]}   # one list per k
+
+  (units in network order; ``error`` null where the unit cannot be deleted: a plain unit that changes
+  shape; ``transition``: the first unit of a stage after the first) and the metrics
+  :data:`METRIC_LESION_BASE`, :data:`METRIC_LESION_MEAN`, :data:`METRIC_LESION_MAX`;
 - tags: :data:`TAG_STUDY`, :data:`TAG_ROLE`, :data:`TAG_STATUS`, :data:`TAG_GROUP`,
   :data:`TAG_LABEL`, :data:`TAG_TRIAL`, plus the git commit and library versions.
 
@@ -73,8 +84,15 @@ MEAN_PREFIX = "mean_"  # mean_<metric>/<configuration label>: every configuratio
 # artifacts
 ARTIFACT_RESPONSES = "layer_responses.json"
 ARTIFACT_CONFIG = "config.json"
+ARTIFACT_WEIGHTS = "weights.pt"  # child of a finished trial: its final weights, a plain state dict (ablate.weights)
+ARTIFACT_LESION = "lesion.json"  # child, after `ablate lesion`: the lesion sweep (module docstring)
 ARTIFACT_STUDY = "study.yaml"
 ARTIFACT_REPORT_DIR = "report"
+
+# child run metrics logged by `ablate lesion` (test error fractions; step 0)
+METRIC_LESION_BASE = "lesion/base_error"  # the net with nothing deleted, as evaluated by the sweep
+METRIC_LESION_MEAN = "lesion/single_mean_increase"  # mean over deletable units of (error with it deleted - base)
+METRIC_LESION_MAX = "lesion/single_max_increase"  # the largest such increase
 
 # child run params added beside the flattened config
 PARAM_MODEL_NAME = "model.name"

@@ -59,6 +59,7 @@ __all__ = [
     "has_history",
     "list_studies",
     "load_study_records",
+    "trial_artifact",
 ]
 
 # Metrics whose whole history is read back (Fig. 6 curves), with every grad_norm/<part> (the gradient-norm
@@ -105,7 +106,13 @@ class LayerResponses:
 
 @dataclass(frozen=True)
 class LesionRecord:
-    """One trial's lesion sweep (``lesion.json``): test errors with residual units deleted (Veit et al. 2016)."""
+    """The lesion sweep of one trained net (``lesion.json``, written by ``ablate lesion``); test error fractions.
+
+    ``unit_names``, ``stages`` (1-based), ``transitions`` (first unit of a stage after the first) and
+    ``single`` (the error with that one unit deleted; None where it cannot be: a plain unit that changes
+    shape) are per unit in network order; ``draws[i]`` holds the error of each random draw of ``k[i]``
+    deleted units.
+    """
 
     base_error: float
     unit_names: tuple[str, ...]
@@ -132,7 +139,7 @@ class TrialRecord:
     metrics: dict[str, float]  # the latest value of every metric: the final one once the trial has ended
     history: dict[str, History]  # the metrics with has_history() that were logged
     layer_responses: LayerResponses | None  # None when the artifact is absent or unreadable
-    lesion: LesionRecord | None = None
+    lesion: LesionRecord | None = None  # None until `ablate lesion` has run on it (or when unreadable)
 
     def value(self, metric: str) -> float | None:
         """The latest value of ``metric``: final once the trial ended (at the stop for a stopped trial)."""
@@ -353,6 +360,7 @@ def _trial_record(client: MlflowClient, run: Run, scratch: Path, tracking_uri: s
             points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
             history[key] = History(tuple(m.step for m in points), tuple(m.value for m in points))
     responses = _read_artifact(run, layout.ARTIFACT_RESPONSES, scratch, tracking_uri)
+    lesion = _read_artifact(run, layout.ARTIFACT_LESION, scratch, tracking_uri)
     tags = run.data.tags
     seed = params.get("seed")
     return TrialRecord(
@@ -368,6 +376,7 @@ def _trial_record(client: MlflowClient, run: Run, scratch: Path, tracking_uri: s
         metrics=metrics,
         history=history,
         layer_responses=None if responses is None else _layer_responses(responses),
+        lesion=None if lesion is None else _lesion(lesion),
     )
 
 
@@ -377,6 +386,40 @@ def _layer_responses(text: str) -> LayerResponses | None:
         return LayerResponses(tuple(str(n) for n in data["names"]), tuple(float(s) for s in data["std"]))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _lesion(text: str) -> LesionRecord | None:
+    """``lesion.json`` (layout) as a record; None when it is not of that shape."""
+    try:
+        data = json.loads(text)
+        units = data["units"]
+        k = tuple(int(value) for value in data["k"])
+        draws = tuple(tuple(float(e) for e in row) for row in data["draws"])
+        if len(draws) != len(k):
+            return None
+        return LesionRecord(
+            base_error=float(data["base_error"]),
+            unit_names=tuple(str(u["name"]) for u in units),
+            stages=tuple(int(u["stage"]) for u in units),
+            transitions=tuple(bool(u["transition"]) for u in units),
+            single=tuple(None if u["error"] is None else float(u["error"]) for u in units),
+            k=k,
+            draws=draws,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def trial_artifact(trial: TrialRecord, name: str, directory: str | os.PathLike, *, tracking_uri: str) -> Path | None:
+    """Download the trial's top-level artifact ``name`` into ``directory``; its path, or None when it was not
+    logged or cannot be reached (a store copied without its artifact folder)."""
+    try:
+        with _no_progress_bars():
+            local = MlflowClient(tracking_uri).download_artifacts(trial.run_id, name, dst_path=str(directory))
+    except (MlflowException, OSError):
+        return None
+    path = Path(local)
+    return path if path.is_file() else None
 
 
 def _read_artifact(run: Run, name: str, scratch: Path, tracking_uri: str) -> str | None:

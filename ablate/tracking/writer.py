@@ -9,7 +9,8 @@ ui`` (:mod:`.ui`); a parent run with its tags, description, ``study.yaml`` and t
 overrides as params) -> per trial :meth:`~StudyWriter.start_trial` (the trial's child run: reused when
 the trial id already has one, as after ``--resume``; else created with params, tags and
 ``config.json``) -> :meth:`~StudyWriter.log_metrics` at every report (step = training iteration) ->
-:meth:`~StudyWriter.end_trial` (``layer_responses.json``, status) -> :meth:`~StudyWriter.end_study`,
+:meth:`~StudyWriter.end_trial` (``layer_responses.json``, status) -> for a finished trial
+:meth:`~StudyWriter.log_weights` (``weights.pt``, once its last checkpoint is in) -> :meth:`~StudyWriter.end_study`,
 which also ends every child run still open, so that a crash or a Ctrl-C leaves no run marked RUNNING.
 Later, ``ablate report`` writes the study's answer onto the parent run (:func:`record_answer`).
 
@@ -50,6 +51,7 @@ __all__ = [
     "StudyWriter",
     "metric_key",
     "record_answer",
+    "record_lesion",
     "reported_metrics",
     "run_params",
     "study_note",
@@ -115,6 +117,15 @@ def record_answer(
         client.log_batch(run_id, metrics=batch[start:start + _BATCH])
 
 
+def record_lesion(tracking_uri: str, run_id: str, *, lesion: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """Write a trial's lesion sweep onto its (ended) child run: ``lesion`` as ``lesion.json``, ``metrics`` at
+    step 0 (:data:`~.layout.METRIC_LESION_BASE`, ...). A later sweep replaces the file; MLflow shows its metrics."""
+    client = MlflowClient(tracking_uri)
+    client.log_text(run_id, json.dumps(dict(lesion)), layout.ARTIFACT_LESION)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
+
+
 def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of a report that the layout records: :data:`ablate.metrics.EVAL_METRICS` and ``grad_norm/*``.
 
@@ -142,6 +153,7 @@ class StudyWriter:
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self._open: dict[str, str] = {}  # trial id -> child run id, for runs opened here and not ended
+        self._runs: dict[str, str] = {}  # trial id -> child run id, for every run opened here (ended ones too)
         self._last_step: dict[str, int] = {}  # trial id -> last step logged
         self._provenance: dict[str, str] | None = None
         self.abandoned: list[str] = []  # parent runs of earlier invocations, left RUNNING by a dead driver, closed
@@ -233,6 +245,7 @@ class StudyWriter:
             self.client.set_tag(run_id, layout.TAG_DRIVER, driver_id())
             self._last_step[trial_id] = self._logged_up_to(run_id)
         self._open[trial_id] = run_id
+        self._runs[trial_id] = run_id
         return run_id
 
     def log_metrics(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
@@ -268,6 +281,16 @@ class StudyWriter:
             self.client.log_text(run_id, error, ARTIFACT_ERROR)
         self.client.set_tag(run_id, layout.TAG_STATUS, status)
         self.client.set_terminated(run_id, layout.MLFLOW_STATUS[status])
+
+    def log_weights(self, trial_id: str, path: str | Path) -> None:
+        """Log the file ``path`` (named :data:`~.layout.ARTIFACT_WEIGHTS`) as the trial's final weights.
+
+        The run may have ended already: Ray Tune registers a trial's last checkpoint after its last report.
+        """
+        path = Path(path)
+        if path.name != layout.ARTIFACT_WEIGHTS:
+            raise ValueError(f"weights are logged as {layout.ARTIFACT_WEIGHTS}, not {path.name}")
+        self.client.log_artifact(self._runs[trial_id], str(path))
 
     @property
     def open_trials(self) -> list[str]:
