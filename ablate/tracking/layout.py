@@ -99,6 +99,9 @@ PARAM_MODEL_NAME = "model.name"
 PARAM_DEPTH = "depth"  # weighted layers
 PARAM_MODEL_PARAMS = "model.params"
 PARAM_MODEL_MACS = "model.macs"
+PARAM_TRAIN_FLOPS = "model.train_flops"
+TAG_DESIGN_SPACE = "ablate.design_space"
+NOISE_SPACE = "noise"
 SHORT_PARAMS = {  # short name -> the config key it copies, for the runs table's columns
     "block": "model.block",
     "shortcut": "model.shortcut",
