@@ -20,13 +20,14 @@ def plan_rows(study: Study) -> list[dict]:
     Axis values come under their dotted keys, followed by the keys the ``constraints.set`` rules set.
     A study that fuses (``fuse`` above 1) adds ``ray_trial``: the number of the Ray trial the trial trains
     in (:meth:`Study.packs`); trials with the same number train fused.
-    For a sampled study (tpe, random) there are no trials yet: one row per axis instead, with
-    ``axis``, ``domain``, ``method``, ``num_samples`` and ``seeds``.
+    For a sampled study (tpe, random, nsga2, gp) there are no trials yet: one row per axis instead, with
+    ``axis``, ``domain``, ``method``, ``num_samples``, ``seeds`` and ``trials`` (all of the study's: with
+    design spaces, num_samples from each, plus the noise reference's seeds).
     """
     if study.sampled:
         return [
             {"axis": axis.key, "domain": axis.describe(), "method": study.search.method,
-             "num_samples": study.search.num_samples, "seeds": len(study.seeds)}
+             "num_samples": study.search.num_samples, "seeds": len(study.seeds), "trials": study.num_trials}
             for axis in study.axes
         ]
     keys = [axis.key for axis in study.axes]
@@ -56,8 +57,9 @@ def format_plan(rows: list[dict]) -> str:
         first = rows[0]
         trials = first["num_samples"] * first["seeds"]
         table = text_table(["axis", "domain"], [[row["axis"], row["domain"]] for row in rows], right=set())
+        more = f" ({first['trials']} with the design spaces and the noise reference)" if first["trials"] != trials else ""
         return (f"{table}\n{first['method']}: {first['num_samples']} samples x {first['seeds']} "
-                f"seed{'s' * (first['seeds'] != 1)} = {trials} trials")
+                f"seed{'s' * (first['seeds'] != 1)} = {trials} trials{more}")
     fixed = ["label", "group", "seed", "params", "macs", "iterations", "train_flops", "ray_trial"]
     axes = [key for key in (rows[0] if rows else {}) if key not in fixed]
     fused = bool(rows) and "ray_trial" in rows[0]
