@@ -190,7 +190,7 @@ def test_searcher_runs_each_kept_point_once_per_seed_and_never_an_excluded_one(t
 
     for i, value in enumerate([0.2, 0.4, 0.5, 0.7, 0.1, math.inf]):
         searcher.on_trial_complete(f"t{i}", {OBJECTIVE: value})
-    told = searcher.optuna._ot_study.trials  # noqa: SLF001  Optuna's own record of what it was told
+    told = searcher.sources[0]._ot_study.trials  # noqa: SLF001  Optuna's own record of what it was told
     states = Counter(trial.state.name for trial in told)
     assert states == {"COMPLETE": 3, "PRUNED": searcher.excluded}
     assert [t.value for t in told if t.state.name == "COMPLETE"] == [pytest.approx(0.3), pytest.approx(0.6), math.inf]

@@ -27,10 +27,9 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ablate.config import TrainConfig
-from ablate.data import data_source
 from ablate.metrics import LAYER_RESPONSES, STATUS, TRAINER_END_STATUSES, Status
-from ablate.models import count_macs, count_params
-from ablate.search.trainable import PACK, trial_runs
+from ablate.search.trainable import DESIGN_SPACE, PACK, trial_runs
+from ablate.study.costs import trial_costs
 from ablate.tracking import layout
 from ablate.tracking.writer import StudyWriter
 from ablate.trainer import CHECKPOINT_FILE
@@ -63,14 +62,15 @@ def _ended(metrics: dict[str, Any]) -> bool:
 
 
 def model_params(config: TrainConfig) -> dict[str, Any]:
-    """``model.name``, ``depth``, ``model.params``, ``model.macs``, counted for the data set's shape."""
-    facts = data_source(config.data)
-    dims = dict(in_channels=facts.in_channels, num_classes=facts.num_classes)
+    """``model.name``, ``depth``, ``model.params``, ``model.macs``, ``model.train_flops``, counted for the data
+    set's shape (:func:`~ablate.study.costs.trial_costs`, as ``ablate plan`` counts them)."""
+    costs = trial_costs(config)
     return {
         layout.PARAM_MODEL_NAME: config.model.name,
         layout.PARAM_DEPTH: config.model.depth,
-        layout.PARAM_MODEL_PARAMS: count_params(config.model, **dims),
-        layout.PARAM_MODEL_MACS: count_macs(config.model, **dims, image_size=facts.image_size),
+        layout.PARAM_MODEL_PARAMS: costs["params"],
+        layout.PARAM_MODEL_MACS: costs["macs"],
+        layout.PARAM_TRAIN_FLOPS: costs["train_flops"],
     }
 
 
@@ -116,7 +116,8 @@ class Recorder(tune.Callback):
             if spec["group"] not in self._costs:
                 self._costs[spec["group"]] = model_params(config)
             self.writer.start_trial(
-                run_id, config, group=spec["group"], label=spec["label"], model=self._costs[spec["group"]]
+                run_id, config, group=spec["group"], label=spec["label"], model=self._costs[spec["group"]],
+                design_space=spec.get(DESIGN_SPACE),
             )
             self.started.add(run_id)
 

@@ -15,8 +15,9 @@ its members trained at once by :func:`ablate.fused.train_fused` and recorded as 
 
 Scheduling: ``resources.cpu``/``resources.gpu`` per Ray trial (``tune.with_resources``; a gpu fraction
 shares one device), ``max_concurrent`` trials at once, ASHA early stopping on the trainer's
-``iteration`` when ``early_stopping`` is set, and up to :data:`MAX_FAILURES` restarts of a failed
-trial, each from its last checkpoint.
+``iteration`` when ``early_stopping`` is set (with several ``objectives``: the multi-objective ASHA of
+:mod:`ablate.search.moasha`, which keeps the best 1/eta at each rung by non-dominated rank), and up to
+:data:`MAX_FAILURES` restarts of a failed trial, each from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from ablate.errors import UserError
 from ablate.metrics import Status
 from ablate.paths import project_root
 from ablate.search.callbacks import Progress, Recorder
-from ablate.search.sampling import StudySearcher
-from ablate.search.trainable import OBJECTIVE, PACK, train_trial, trial_params
+from ablate.search.sampling import StudySearcher, objective_keys, study_trial_params
+from ablate.search.trainable import OBJECTIVE, PACK, train_trial
 from ablate.study import Study, train_iterations
 from ablate.tracking.layout import default_tracking_uri
 from ablate.tracking.store import check_store
@@ -161,6 +162,8 @@ def _outline(study: Study) -> dict[str, str]:
         "seeds": ", ".join(map(str, study.seeds)),
         "trials": str(study.num_trials),
         **{f"space.{axis.key}": axis.describe() for axis in study.axes},
+        **({"objectives": ", ".join(f"{o.name} {o.mode}" for o in study.objectives)} if study.objectives else {}),
+        **({"design_spaces": ", ".join(space.name for space in study.design_spaces)} if study.design_spaces else {}),
     }
 
 
@@ -204,9 +207,9 @@ def _tuner(study: Study, trainable, experiment: Path, callbacks: list[tune.Callb
         param_space, num_samples = {}, study.num_trials
         search_alg = StudySearcher(study, metric=OBJECTIVE, mode=study.metric.mode)
     else:
-        param_space = {"trial": tune.grid_search([trial_params(trial, study.metric) for trial in study.trials()])}
+        param_space = {"trial": tune.grid_search([study_trial_params(study, trial) for trial in study.trials()])}
         if study.fuse > 1:  # one Ray trial per pack, its members trained fused
-            packs = [[trial_params(trial, study.metric) for trial in pack] for pack in study.packs()]
+            packs = [[study_trial_params(study, trial) for trial in pack] for pack in study.packs()]
             param_space = {PACK: tune.grid_search(packs)}
         num_samples, search_alg = 1, None
     tune_config = tune.TuneConfig(
@@ -234,15 +237,20 @@ def _restore(study: Study, trainable, experiment: Path, callbacks: list[tune.Cal
     return tuner
 
 
-def _scheduler(study: Study) -> ASHAScheduler | None:
-    """ASHA on the trainer's ``iteration``; None (first in, first out) without ``early_stopping``."""
+def _scheduler(study: Study) -> tune.schedulers.TrialScheduler | None:
+    """ASHA on the trainer's ``iteration`` (multi-objective with several ``objectives``, ranked by the
+    result keys of :func:`~ablate.search.sampling.objective_keys`); None (first in, first out) without
+    ``early_stopping``."""
     if study.early_stopping is None:
         return None
     longest = ASHA_UNBOUNDED if study.sampled else max(train_iterations(t.config) for t in study.trials())
-    return ASHAScheduler(
-        time_attr="iteration", metric=OBJECTIVE, mode=study.metric.mode, max_t=longest,
-        grace_period=study.early_stopping.grace_period, reduction_factor=study.early_stopping.reduction_factor,
-    )
+    rungs = dict(max_t=longest, grace_period=study.early_stopping.grace_period,
+                 reduction_factor=study.early_stopping.reduction_factor)
+    if study.objectives:
+        from ablate.search.moasha import MultiObjectiveASHA  # only studies with several objectives need it
+
+        return MultiObjectiveASHA(objectives=objective_keys(study), time_attr="iteration", **rungs)
+    return ASHAScheduler(time_attr="iteration", metric=OBJECTIVE, mode=study.metric.mode, **rungs)
 
 
 def _trial_dirname(trial: Trial) -> str:

@@ -8,7 +8,10 @@ together; a trial that Tune restarts (a failure retried, or ``--resume``) contin
 
 Each report also carries :data:`OBJECTIVE`, the study's metric for the scheduler and the sampler, set
 to the worst value where the metric is missing or not finite (a diverged run has no test error), so
-ASHA and Optuna always have a number to rank. ``layer_responses`` travels as JSON text: Ray's result
+ASHA and Optuna always have a number to rank; in a study with several objectives, also the trial's
+costs (``params``, ``macs``, ``train_flops``: :data:`~ablate.study.costs.COST_OBJECTIVES`, counted by the
+driver before the trial starts), so that every result the scheduler and the sampler see holds every
+objective. Tracking records neither (they are not trainer metrics); the costs are the child run's params. ``layer_responses`` travels as JSON text: Ray's result
 loggers record only scalars and text.
 
 A fused Ray trial (a study's ``fuse``, params ``{"pack": [trial params, ...]}``) trains its members
@@ -22,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -34,22 +37,32 @@ from ablate.study import Trial
 from ablate.study.schema import Metric
 from ablate.trainer import train
 
-__all__ = ["MEMBERS", "OBJECTIVE", "PACK", "objective", "train_trial", "trial_params", "trial_runs"]
+__all__ = ["COSTS", "DESIGN_SPACE", "MEMBERS", "OBJECTIVE", "PACK", "objective", "train_trial", "trial_params", "trial_runs"]
 
 OBJECTIVE = "objective"  # result key ASHA and Optuna rank by
+COSTS = "costs"  # trial params: cost objective -> value, added to every report
+DESIGN_SPACE = "design_space"  # trial params: the design space the trial's point was drawn from
 PACK = "pack"  # params of a fused Ray trial: the trial params of each member
 MEMBERS = "members"  # result of a fused Ray trial: member number (text) -> that member's latest report
 
 
-def trial_params(trial: Trial, metric: Metric) -> dict[str, Any]:
-    """What one Tune trial receives under ``config["trial"]``: the config as plain data, its group and label, the metric."""
-    return {
+def trial_params(
+    trial: Trial, metric: Metric, *, costs: Mapping[str, int] | None = None, design_space: str | None = None
+) -> dict[str, Any]:
+    """What one Tune trial receives under ``config["trial"]``: the config as plain data, its group and label,
+    the metric; ``costs`` (added to every report) and ``design_space`` (the child run's tag) when given."""
+    params = {
         "config": trial.config.model_dump(mode="json"),
         "group": trial.group,
         "label": trial.label,
         "metric": metric.name,
         "mode": metric.mode,
     }
+    if costs is not None:
+        params[COSTS] = dict(costs)
+    if design_space is not None:
+        params[DESIGN_SPACE] = design_space
+    return params
 
 
 def objective(metrics: dict[str, Any], *, metric: str, mode: str) -> float:
@@ -126,4 +139,5 @@ def _result(metrics: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     if LAYER_RESPONSES in metrics:  # as JSON text: Ray's result loggers take scalars and text
         result[LAYER_RESPONSES] = json.dumps(metrics[LAYER_RESPONSES])
     result[OBJECTIVE] = objective(metrics, metric=spec["metric"], mode=spec["mode"])
+    result.update(spec.get(COSTS, {}))
     return result

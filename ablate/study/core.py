@@ -7,7 +7,10 @@ trial's config in this order (:meth:`Study.trial_for`):
 2. the point's values are set over it;
 3. each ``constraints.set`` rule whose ``when`` matches the config so far sets its ``then`` keys;
 4. if any ``constraints.exclude`` entry matches the result, the point is dropped;
-5. the seed is set and the whole config is validated as a :class:`~ablate.config.TrainConfig`.
+5. the seed is set and the whole config is validated as a :class:`~ablate.config.TrainConfig`;
+6. if the study has a budget (``constraints.max_params`` / ``max_macs`` / ``max_train_flops``) and the
+   config's costs (:func:`~ablate.study.costs.trial_costs`, counted without training) exceed a bound,
+   the point is dropped.
 
 A key of ``when`` or ``exclude`` matches when the config's value equals the given value, or one of
 them when a list is given (so a list-valued field such as ``trainer.milestones`` is matched with a
@@ -29,9 +32,20 @@ import yaml
 from pydantic import ValidationError
 
 from ablate.config import TrainConfig, deep_merge, flatten, format_validation_error, fuse_key, unflatten
-from ablate.study.schema import Constraints, EarlyStopping, Metric, Origin, Resources, Search, StudyError
+from ablate.study.costs import trial_costs
+from ablate.study.schema import (
+    Constraints,
+    EarlyStopping,
+    Metric,
+    NoiseReference,
+    Objective,
+    Origin,
+    Resources,
+    Search,
+    StudyError,
+)
 
-__all__ = ["Axis", "Study", "Trial"]
+__all__ = ["Axis", "DesignSpace", "Study", "Trial"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,14 @@ class Axis:
 
 
 @dataclass(frozen=True)
+class DesignSpace:
+    """A named sub-space of the study's space (Radosavovic et al. 2019): every axis, some narrowed."""
+
+    name: str  # as written under `design_spaces:`
+    axes: tuple[Axis, ...]  # the study's axes in its order, each narrowed where the design space names it
+
+
+@dataclass(frozen=True)
 class Trial:
     """One training run of a study."""
 
@@ -89,6 +111,10 @@ class Study:
       ``early_stopping`` (ASHA; None: off; its grace period counts training iterations, the
       ``iteration`` key of the trainer's reports), ``search.max_trials`` (the budget, checked at load);
     - fusing: ``fuse`` trials per Ray trial at most, packed by :meth:`packs` (grid only, no early stopping);
+    - several objectives: ``objectives`` (empty for a one-metric study; then ``metric`` is their first),
+      a budget (``constraints.budget``, applied by :meth:`trial_for` and the grid's expansion);
+    - design spaces: ``design_spaces`` (search.method random draws ``num_samples`` points from each) and
+      ``noise_reference`` (one point, its own seeds);
     - provenance: ``overrides`` as given, :meth:`resolved_yaml` for MLflow.
 
     Example::
@@ -112,6 +138,9 @@ class Study:
     metric: Metric  # name, mode
     early_stopping: EarlyStopping | None  # ASHA grace_period (iterations), reduction_factor
     fuse: int  # trials per Ray trial, trained fused (:meth:`packs`); 1: one trial per Ray trial
+    objectives: tuple[Objective, ...]  # several objectives, the first one `metric`; () for a one-metric study
+    design_spaces: tuple[DesignSpace, ...]  # compared sub-spaces; () for none
+    noise_reference: NoiseReference | None  # its point normalised; None for none
     overrides: tuple[str, ...]  # "key=value" strings applied to the file
     document: dict[str, Any] = field(repr=False)  # the resolved document (overrides applied, includes read in)
     origin: Origin = field(repr=False)  # for messages
@@ -124,8 +153,12 @@ class Study:
 
     @property
     def num_trials(self) -> int:
-        """Trials the study starts: the grid's, or num_samples x seeds."""
-        return self.search.num_samples * len(self.seeds) if self.sampled else len(self._grid)
+        """Trials the study starts: the grid's, or num_samples (per design space) x seeds, plus the noise
+        reference's seeds."""
+        if not self.sampled:
+            return len(self._grid)
+        noise = len(self.noise_reference.seeds) if self.noise_reference else 0
+        return self.search.num_samples * max(1, len(self.design_spaces)) * len(self.seeds) + noise
 
     def trials(self) -> list[Trial]:
         """Every trial of a grid study, replicate by replicate (all configurations with the first seed, ...)."""
@@ -149,7 +182,8 @@ class Study:
         return [same[i:i + self.fuse] for same in sets.values() for i in range(0, len(same), self.fuse)]
 
     def trial_for(self, point: Mapping[str, Any], *, seed: int) -> Trial | None:
-        """The trial for a point (a flat dict with a value for every axis) and a seed; None if excluded."""
+        """The trial for a point (a flat dict with a value for every axis) and a seed; None if excluded or
+        over the budget (:meth:`drop_reason` says which)."""
         point = {key: _plain(value) for key, value in point.items()}
         keys = [axis.key for axis in self.axes]
         if sorted(point) != sorted(keys):
@@ -159,9 +193,40 @@ class Study:
         if values is None:
             return None
         config = self._validate(point, values, seed)
+        if self.over_budget(config):
+            return None
         known = {trial.group: trial.label for trial in self._grid}
         group = config_group(config)
         return Trial(config, group, known.get(group) or _sampled_label(config, point), point)
+
+    def drop_reason(self, point: Mapping[str, Any]) -> str | None:
+        """Why :meth:`trial_for` drops ``point``: ``excluded by constraints.exclude``, ``over the budget
+        (macs 61.2M > max_macs 50M)``; None when it is kept."""
+        point = {key: _plain(value) for key, value in point.items()}
+        values = self._resolve(point)
+        if values is None:
+            return "excluded by constraints.exclude"
+        over = self.over_budget(self._validate(point, values, self.seeds[0]))
+        return f"over the budget ({over})" if over else None
+
+    def budget_error(self, configs: list[TrainConfig], where: str) -> StudyError:
+        """The error for a space none of whose ``configs`` (the points checked) meets the budget."""
+        bounds = ", ".join(f"max_{name} {bound:.3g}" for name, bound in self.constraints.budget.items())
+        cheapest = ", ".join(f"{name} {min(trial_costs(c)[name] for c in configs):.3g}" for name in self.constraints.budget)
+        return self.origin.error(
+            "constraints", f"no point of {where} meets the budget ({bounds}); the cheapest of the {len(configs)} "
+                           f"points checked: {cheapest}; raise a bound or add smaller nets to the space"
+        )
+
+    def over_budget(self, config: TrainConfig) -> str | None:
+        """``macs 61.2M > max_macs 50M`` for each bound of ``constraints.budget`` the config exceeds; None within."""
+        budget = self.constraints.budget
+        if not budget:
+            return None
+        costs = trial_costs(config)
+        over = [f"{name} {costs[name]:.3g} > max_{name} {bound:.3g}" for name, bound in budget.items()
+                if costs[name] > bound]
+        return ", ".join(over) or None
 
     def resolved_yaml(self) -> str:
         """The study as it ran: overrides applied and includes read in, loadable again with :func:`load_study`."""
@@ -203,6 +268,10 @@ class Study:
                 "constraints.exclude", f"removes every one of the {len(points)} points of the grid; nothing would run"
             )
         configs = [(point, self._validate(point, values, self.seeds[0])) for point, values in kept]
+        within = [(point, config) for point, config in configs if not self.over_budget(config)]
+        if not within:
+            raise self.budget_error([config for _, config in configs], "the grid")
+        configs = within
         labels = distinct_labels([config for _, config in configs])
         return tuple(
             Trial(config.model_copy(update={"seed": seed}), config_group(config), label, point)

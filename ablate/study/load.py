@@ -2,18 +2,22 @@
 
 Order: read the YAML -> apply the overrides -> read the includes -> check the schema (types, unknown
 keys) -> check the axes against :class:`~ablate.config.TrainConfig` (keys exist, values pass its
-validation, nothing set twice) -> check the constraints -> check what the search method needs ->
-expand a grid (every config validated; empty after constraints; within the budget).
+validation, nothing set twice) -> check the constraints -> check the metric or objectives -> check what
+the search method needs -> check the design spaces and the noise reference (sub-spaces of the axes) ->
+expand a grid (every config validated; empty after constraints; within the budget), or probe a sampled
+space for a point within the budget (:func:`_check_feasible`).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import random
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import cache
+from itertools import product
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,12 +25,15 @@ from pydantic import BaseModel, ValidationError
 
 from ablate.config import ConfigError, TrainConfig, flatten, unflatten, with_overrides
 from ablate.data.catalog import data_source
-from ablate.study.core import Axis, Study
+from ablate.study.core import Axis, DesignSpace, Study
+from ablate.study.costs import train_iterations
 from ablate.study.files import apply_overrides, read_yaml, resolve_space
-from ablate.study.plan import train_iterations
 from ablate.study.schema import (
     SAMPLED_METHODS,
     Constraints,
+    Metric,
+    NoiseReference,
+    Objective,
     Origin,
     Range,
     SetRule,
@@ -39,6 +46,7 @@ __all__ = ["load_study"]
 
 SECTIONS = ("model", "data", "trainer")
 MAX_GRID_TRIALS = 10_000  # a grid is expanded at load: its points x seeds (before constraints) are capped here
+MAX_PROBES = 256  # points of a sampled space whose costs are counted at load, to find one within the budget
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
@@ -68,16 +76,24 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
     axes = tuple(_axis(key, domain, base, fixed, written[key], origin) for key, domain in spec.space.items())
     _check_overlaps(axes, written, origin)
     constraints = _constraints(spec.constraints, base, axes, origin)
+    metric, objectives = _objectives(spec, origin)
     _check_method(spec, axes, written, origin)
     _check_fuse(spec, origin)
+    design_spaces = tuple(
+        DesignSpace(name, _design_axes(axes, sub, base, f"design_spaces.{name}", origin))
+        for name, sub in spec.design_spaces.items()
+    )
     study = Study(
         name=spec.name, question=spec.question.strip(), path=path, base=base, axes=axes, seeds=tuple(spec.seeds),
         search=spec.search, constraints=constraints, resources=spec.resources, max_concurrent=spec.max_concurrent,
-        metric=spec.metric, early_stopping=spec.early_stopping, fuse=spec.fuse, overrides=tuple(overrides),
-        document=doc, origin=origin,
+        metric=metric, early_stopping=spec.early_stopping, fuse=spec.fuse, objectives=objectives,
+        design_spaces=design_spaces, noise_reference=_noise_point(spec.noise_reference, axes, base, origin),
+        overrides=tuple(overrides), document=doc, origin=origin,
     )
     if not study.sampled:
         study = replace(study, _grid=study._expand())
+    _check_noise_reference(study, origin)
+    _check_feasible(study)
     _check_budget(study, origin)
     _check_image_sizes(study, origin)
     return study
@@ -204,7 +220,7 @@ def _constraints(constraints: Constraints, base: TrainConfig, axes: tuple[Axis, 
             fail(f"{where}.then", f"{', '.join(on_axis)} is an axis of the space; a rule may only set other keys "
                                   "(drop the unwanted combinations with constraints.exclude instead)")
         rules.append(SetRule(when=when, then=then))
-    return Constraints(exclude=exclude, set=rules)
+    return constraints.model_copy(update={"exclude": exclude, "set": rules})  # the budget as given
 
 
 def _matching(base: TrainConfig, when: dict[str, Any]) -> TrainConfig:
@@ -215,6 +231,140 @@ def _matching(base: TrainConfig, when: dict[str, Any]) -> TrainConfig:
         return with_overrides(base, {k: v[0] if isinstance(v, list) else v for k, v in when.items()})
     except ConfigError:
         return base
+
+
+# -- objectives, design spaces ----------------------------------------------------------------------
+
+
+def _objectives(spec: StudyFile, origin: Origin) -> tuple[Metric, tuple[Objective, ...]]:
+    """The study's metric and objectives: ``metric`` alone, or ``objectives`` whose first is a reported metric."""
+    if spec.objectives is None:
+        return spec.metric or Metric(), ()
+    if spec.metric is not None:
+        raise origin.error("objectives", "give either `metric` (one) or `objectives` (several), not both; "
+                                         "the first objective plays the metric's part")
+    names = [objective.name for objective in spec.objectives]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise origin.error("objectives", f"each objective may appear once; repeated: {', '.join(repeated)}")
+    first = spec.objectives[0]
+    if first.cost and spec.early_stopping is not None:
+        raise origin.error("early_stopping", f"stops trials by their first objective while they train, but "
+                                             f"{first.name} is a cost known before training: put a measured "
+                                             "objective (e.g. val_error) first in `objectives`")
+    if first.cost:
+        raise origin.error("objectives[0]", f"{first.name} is a cost known before training; the first objective "
+                                            "is the one reported while training (progress, early stopping): "
+                                            "put a reported metric (e.g. val_error) first")
+    return Metric(name=first.name, mode=first.mode), tuple(spec.objectives)
+
+
+def _design_axes(axes: tuple[Axis, ...], sub: dict[str, Any], base: TrainConfig, where: str,
+                 origin: Origin) -> tuple[Axis, ...]:
+    """The study's axes, each narrowed to the design space's values or range where ``sub`` names it."""
+    fail = _failer(origin, origin.file)
+    by_key = {axis.key: axis for axis in axes}
+    for key in sub:
+        if key not in by_key:
+            fail(f"{where}.{key}", f"not an axis of `space`; a design space narrows the axes: "
+                                   f"{', '.join(by_key) or '(none)'}")
+    return tuple(_narrowed(by_key[axis.key], sub[axis.key], base, f"{where}.{axis.key}", origin)
+                 if axis.key in sub else axis for axis in axes)
+
+
+def _narrowed(axis: Axis, domain: Any, base: TrainConfig, where: str, origin: Origin) -> Axis:
+    """``axis`` narrowed to ``domain``: values it holds (or that lie in its range), or a range inside its own."""
+    fail = _failer(origin, origin.file)
+    if isinstance(domain, list) and domain:
+        values = tuple(_normalise(base, axis.key, value, f"{where}[{i}]") for i, value in enumerate(domain))
+        outside = [value for value in values if not _in_domain(axis, value)]
+        if outside:
+            fail(where, f"{', '.join(map(repr, outside))} outside the axis's domain {axis.describe()}")
+        return Axis(axis.key, values=values)
+    if isinstance(domain, dict) and not axis.categorical:
+        narrowed = _range_axis(axis.key, domain, base, where, origin.file, origin)
+        if narrowed.low < axis.low or narrowed.high > axis.high:
+            fail(where, f"[{narrowed.low}, {narrowed.high}] outside the axis's domain {axis.describe()}")
+        return narrowed
+    fail(where, f"a design space gives an axis a non-empty list of its values{'' if axis.categorical else ' or a {low, high} range'} "
+                f"(the axis: {axis.describe()})")
+
+
+def _in_domain(axis: Axis, value: Any) -> bool:
+    if axis.categorical:
+        return _frozen(value) in {_frozen(v) for v in axis.values}
+    return isinstance(value, (int, float)) and axis.low <= value <= axis.high
+
+
+def _noise_point(noise: NoiseReference | None, axes: tuple[Axis, ...], base: TrainConfig,
+                 origin: Origin) -> NoiseReference | None:
+    """The noise reference with its point normalised: a value inside the domain of every axis, no other key."""
+    if noise is None:
+        return None
+    fail = _failer(origin, origin.file)
+    by_key = {axis.key: axis for axis in axes}
+    where = "noise_reference.point"
+    unknown, missing = sorted(set(noise.point) - set(by_key)), [k for k in by_key if k not in noise.point]
+    if unknown or missing:
+        fail(where, f"a value for every axis of `space` and no other key; unknown: {', '.join(unknown) or 'none'}, "
+                    f"missing: {', '.join(missing) or 'none'}")
+    point = {}
+    for key, axis in by_key.items():
+        point[key] = _normalise(base, key, noise.point[key], f"{origin.file}: {where}.{key}")
+        if not _in_domain(axis, point[key]):
+            fail(f"{where}.{key}", f"{point[key]!r} outside the axis's domain {axis.describe()}")
+    return NoiseReference(point=point, seeds=noise.seeds)
+
+
+def _check_noise_reference(study: Study, origin: Origin) -> None:
+    """A noise reference belongs to a sampled study, and its point is kept by the constraints and the budget."""
+    noise = study.noise_reference
+    if noise is None:
+        return
+    if not study.sampled:
+        raise origin.error("noise_reference", "for sampled studies; a grid runs every point once per seed "
+                                              "already: add seeds instead")
+    reason = study.drop_reason(noise.point)
+    if reason:
+        raise origin.error("noise_reference.point", f"{reason}; pick a point the study would train")
+
+
+def _check_feasible(study: Study) -> None:
+    """A sampled study (and each design space) has a point within the budget, found without training.
+
+    Probed: every combination of the non-numeric axes (up to :data:`MAX_PROBES`, else that many drawn with
+    seed 0), each numeric axis at its lowest value (costs grow with depth, width and run length). A probe
+    that cannot be built is the same error as in a grid; when every probe is excluded, the verdict is left
+    to the sampler (which gives up after a bounded number of draws).
+    """
+    if not study.sampled or not study.constraints.budget:
+        return
+    for axes, where in [(study.axes, "the space")] if not study.design_spaces else [
+            (space.axes, f"design space {space.name!r}") for space in study.design_spaces]:
+        configs = []
+        for point in _probes(axes):
+            values = study._resolve(point)  # noqa: SLF001  the study's own steps 2-4, no budget yet
+            if values is not None:
+                configs.append(study._validate(point, values, study.seeds[0]))  # noqa: SLF001
+        if configs and all(study.over_budget(config) for config in configs):
+            raise study.budget_error(configs, where)
+
+
+def _probes(axes: tuple[Axis, ...]) -> list[dict[str, Any]]:
+    """The points :func:`_check_feasible` counts: non-numeric axes combined, numeric ones at their lowest."""
+    numeric = {axis.key: axis.low if not axis.categorical else min(axis.values)
+               for axis in axes if not axis.categorical or all(_is_number(v) for v in axis.values)}
+    others = [axis for axis in axes if axis.key not in numeric]
+    if math.prod(len(axis.values) for axis in others) <= MAX_PROBES:
+        combos = list(product(*(axis.values for axis in others)))
+    else:
+        rng = random.Random(0)
+        combos = [tuple(rng.choice(axis.values) for axis in others) for _ in range(MAX_PROBES)]
+    return [{**numeric, **dict(zip([axis.key for axis in others], combo))} for combo in combos]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- method and budget -----------------------------------------------------------------------------
@@ -234,9 +384,17 @@ def _check_fuse(spec: StudyFile, origin: Origin) -> None:
 
 def _check_method(spec: StudyFile, axes: tuple[Axis, ...], written: dict[str, tuple[str, str]], origin: Origin):
     """What the method needs: a grid lists values, a sampled search has num_samples and axes; val_error a split."""
-    if spec.metric.name == "val_error" and spec.data.val_size == 0:
-        raise origin.error("metric.name", "val_error needs a validation split: set data.val_size above 0")
+    measured = [("metric.name", spec.metric.name)] if spec.metric else []
+    measured += [(f"objectives[{i}].name", o.name) for i, o in enumerate(spec.objectives or ())]
+    for where, name in measured:
+        if name == "val_error" and spec.data.val_size == 0:
+            raise origin.error(where, "val_error needs a validation split: set data.val_size above 0")
     method = spec.search.method
+    if spec.design_spaces and method != "random":
+        raise origin.error("design_spaces", f"design spaces are compared by sampling each uniformly: set "
+                                            f"search.method random (got {method})")
+    if spec.search.population_size is not None and method != "nsga2":
+        raise origin.error("search.population_size", f"only for search.method nsga2 (got {method})")
     if method == "grid":
         if spec.search.num_samples is not None:
             raise origin.error("search.num_samples", "only for search.method tpe or random; a grid runs every point")

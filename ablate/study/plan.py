@@ -1,38 +1,17 @@
 """``plan``: what a study would run and what it costs, without training anything.
 
-Training cost of one trial: ``train_flops = 6 * macs * iterations * batch_size`` (2 FLOPs per
-multiply-accumulate, forward + backward ~ 3x forward). ResNet-110 with the paper's recipe (64k
-iterations of 128 images) comes to about 12 PFLOP, ResNet-1202 to about 139 (docs/REFERENCE.md).
+The costs of one trial (parameters, MACs, training FLOPs) are :func:`ablate.study.costs.trial_costs`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from ablate.config import DataConfig, TrainConfig
 from ablate.console import text_table
-from ablate.data.catalog import data_source
+from ablate.study.costs import eval_images, train_iterations, trial_costs, training_images
 from ablate.study.core import Study, format_value
 
 __all__ = ["eval_images", "format_plan", "plan_rows", "train_iterations", "training_images"]
-
-
-def training_images(data: DataConfig) -> int:
-    """Images one epoch trains on: the declared training set less ``val_size``, capped at ``train_size``."""
-    remaining = data_source(data).train_images - data.val_size
-    return min(remaining, data.train_size) if data.train_size else remaining
-
-
-def eval_images(data: DataConfig) -> int:
-    """Images one evaluation passes forward: the validation split and the test set (capped at ``test_size``)."""
-    test = data_source(data).test_images
-    return data.val_size + (min(test, data.test_size) if data.test_size else test)
-
-
-def train_iterations(config: TrainConfig) -> int:
-    """Run length in iterations, by the trainer's rule (:meth:`TrainerConfig.run_length`), full batches per epoch."""
-    trainer = config.trainer
-    return trainer.run_length(training_images(config.data) // trainer.batch_size)
 
 
 def plan_rows(study: Study) -> list[dict]:
@@ -41,37 +20,31 @@ def plan_rows(study: Study) -> list[dict]:
     Axis values come under their dotted keys, followed by the keys the ``constraints.set`` rules set.
     A study that fuses (``fuse`` above 1) adds ``ray_trial``: the number of the Ray trial the trial trains
     in (:meth:`Study.packs`); trials with the same number train fused.
-    For a sampled study (tpe, random) there are no trials yet: one row per axis instead, with
-    ``axis``, ``domain``, ``method``, ``num_samples`` and ``seeds``.
+    For a sampled study (tpe, random, nsga2, gp) there are no trials yet: one row per axis instead, with
+    ``axis``, ``domain``, ``method``, ``num_samples``, ``seeds`` and ``trials`` (all of the study's: with
+    design spaces, num_samples from each, plus the noise reference's seeds).
     """
     if study.sampled:
         return [
             {"axis": axis.key, "domain": axis.describe(), "method": study.search.method,
-             "num_samples": study.search.num_samples, "seeds": len(study.seeds)}
+             "num_samples": study.search.num_samples, "seeds": len(study.seeds), "trials": study.num_trials}
             for axis in study.axes
         ]
-    from ablate.models import count_macs, count_params  # torch: only when counting
-
     keys = [axis.key for axis in study.axes]
     keys += [key for rule in study.constraints.set for key in rule.then if key not in keys]
-    costs: dict[str, tuple[int, int]] = {}  # group -> (params, macs)
+    costs: dict[str, dict[str, int]] = {}  # group -> trial_costs
     packs = study.packs() if study.fuse > 1 else []
     packed = {id(trial): number for number, pack in enumerate(packs, start=1) for trial in pack}
     rows = []
     for trial in study.trials():
         config = trial.config
-        facts = data_source(config.data)
         if trial.group not in costs:
-            dims = dict(in_channels=facts.in_channels, num_classes=facts.num_classes)
-            costs[trial.group] = (
-                count_params(config.model, **dims), count_macs(config.model, **dims, image_size=facts.image_size)
-            )
-        params, macs = costs[trial.group]
-        iterations = train_iterations(config)
+            costs[trial.group] = trial_costs(config)
+        cost = costs[trial.group]
         values = config.model_dump()
         rows.append({
-            "label": trial.label, "group": trial.group, "seed": trial.seed, "params": params, "macs": macs,
-            "iterations": iterations, "train_flops": 6 * macs * iterations * config.trainer.batch_size,
+            "label": trial.label, "group": trial.group, "seed": trial.seed, "params": cost["params"],
+            "macs": cost["macs"], "iterations": train_iterations(config), "train_flops": cost["train_flops"],
             **({"ray_trial": packed[id(trial)]} if packed else {}),
             **{key: _lookup(values, key) for key in keys},
         })
@@ -84,8 +57,9 @@ def format_plan(rows: list[dict]) -> str:
         first = rows[0]
         trials = first["num_samples"] * first["seeds"]
         table = text_table(["axis", "domain"], [[row["axis"], row["domain"]] for row in rows], right=set())
+        more = f" ({first['trials']} with the design spaces and the noise reference)" if first["trials"] != trials else ""
         return (f"{table}\n{first['method']}: {first['num_samples']} samples x {first['seeds']} "
-                f"seed{'s' * (first['seeds'] != 1)} = {trials} trials")
+                f"seed{'s' * (first['seeds'] != 1)} = {trials} trials{more}")
     fixed = ["label", "group", "seed", "params", "macs", "iterations", "train_flops", "ray_trial"]
     axes = [key for key in (rows[0] if rows else {}) if key not in fixed]
     fused = bool(rows) and "ray_trial" in rows[0]

@@ -9,6 +9,7 @@ the key path and what is allowed.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from collections import Counter
 from dataclasses import dataclass
@@ -18,11 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ablate.config import ConfigError, DataConfig, ModelSpec, TrainerConfig, format_validation_error, short_repr
 from ablate.metrics import EVAL_METRICS
+from ablate.study.costs import COST_OBJECTIVES
+from ablate.tracking.layout import NOISE_SPACE  # the noise reference's trials are tagged with this name
 
 __all__ = [
     "Constraints",
     "EarlyStopping",
     "Metric",
+    "NoiseReference",
+    "Objective",
     "Origin",
     "Range",
     "Resources",
@@ -33,9 +38,12 @@ __all__ = [
     "format_errors",
 ]
 
-Method = Literal["grid", "tpe", "random"]
+Method = Literal["grid", "tpe", "random", "nsga2", "gp"]
 MAX_QUESTION_CHARS = 2000  # a question is a sentence or a paragraph; it is recorded as an MLflow tag
-SAMPLED_METHODS = ("tpe", "random")
+SAMPLED_METHODS = ("tpe", "random", "nsga2", "gp")
+MEASURED_OBJECTIVES = EVAL_METRICS  # objectives a trial reports while it trains (images_per_s among them)
+OBJECTIVE_NAMES = (*MEASURED_OBJECTIVES, *COST_OBJECTIVES)
+MAX_DESIGN_SPACES = 16  # design spaces one study compares
 
 
 class StudyError(ConfigError):
@@ -52,9 +60,12 @@ class _Strict(BaseModel):
 class Search(_Strict):
     """How the space is explored."""
 
-    method: Method = "grid"  # grid: every point | tpe: Optuna's TPE sampler | random: uniform sampling
-    num_samples: int | None = Field(None, ge=1)  # tpe/random: points to sample (each is run once per seed)
-    seed: int = 0  # tpe/random: seeds the sampler (the trials' own seeds are `seeds`)
+    method: Method = "grid"  # grid: every point | tpe: Optuna's TPE (multi-objective with `objectives`) |
+    #   random: uniform sampling | nsga2: Optuna's NSGA-II | gp: Optuna's Gaussian-process sampler
+    num_samples: int | None = Field(None, ge=1)  # sampled: points to sample (each is run once per seed);
+    #   with design_spaces, points per design space
+    seed: int = 0  # sampled: seeds the sampler (the trials' own seeds are `seeds`)
+    population_size: int | None = Field(None, ge=2, le=1000)  # nsga2: points per generation; None: Optuna's 50
     max_trials: int | None = Field(None, ge=1)  # budget: the study refuses to load if it would start more trials
 
 
@@ -78,6 +89,16 @@ class Constraints(_Strict):
 
     exclude: list[dict[str, Any]] = []  # drop a trial matching every key of an entry (a list value: any of)
     set: list[SetRule] = []  # per-value overrides, applied in order before excludes are matched
+    # the budget, over the whole space: a point above any bound is dropped before it trains (ablate.study.costs)
+    max_params: float | None = Field(None, gt=0)  # trainable parameters
+    max_macs: float | None = Field(None, gt=0)  # multiply-accumulates of one image's forward pass
+    max_train_flops: float | None = Field(None, gt=0)  # training FLOPs of the whole run
+
+    @property
+    def budget(self) -> dict[str, float]:
+        """Cost name (:data:`~ablate.study.costs.COST_OBJECTIVES`) -> its bound, for the bounds that are set."""
+        bounds = {"params": self.max_params, "macs": self.max_macs, "train_flops": self.max_train_flops}
+        return {name: bound for name, bound in bounds.items() if bound is not None}
 
 
 class Resources(_Strict):
@@ -94,18 +115,46 @@ class Resources(_Strict):
         return gpu
 
 
+def _one_of(name: str, allowed: tuple[str, ...], what: str) -> str:
+    """``name`` if it is allowed, else the ValueError ``not <what>; allowed: ...``."""
+    if name not in allowed:
+        raise ValueError(f"not {what}; allowed: {', '.join(allowed)}")
+    return name
+
+
 class Metric(_Strict):
     """The number the study is about, as reported by the trainer (``ablate.metrics.EVAL_METRICS``)."""
 
     name: str = "test_error"  # e.g. test_error, val_error (tune on this), train_error, train_loss
     mode: Literal["min", "max"] = "min"  # whether lower or higher is better
 
-    @field_validator("name")
+    _reported_metric = field_validator("name")(lambda cls, name: _one_of(name, EVAL_METRICS, "a reported metric"))
+
+
+class Objective(_Strict):
+    """One objective of a multi-objective study: a reported metric, or a cost known before training."""
+
+    name: str  # an ablate.metrics.EVAL_METRICS name (measured) or params | macs | train_flops (costs)
+    mode: Literal["min", "max"]  # whether lower or higher is better
+
+    _known_objective = field_validator("name")(lambda cls, name: _one_of(name, OBJECTIVE_NAMES, "an objective"))
+
+    @property
+    def cost(self) -> bool:
+        """Known from the config before the trial starts (parameters, MACs, training FLOPs)."""
+        return self.name in COST_OBJECTIVES
+
+
+class NoiseReference(_Strict):
+    """One configuration run once per seed: the spread of the metric that seeds alone make (its EDF)."""
+
+    point: dict[str, Any] = Field(min_length=1)  # dotted axis key -> value, for every axis of `space`
+    seeds: list[int] = Field(min_length=2, max_length=1000)  # replicates of the point
+
+    @field_validator("seeds")
     @classmethod
-    def _reported_metric(cls, name: str) -> str:
-        if name not in EVAL_METRICS:
-            raise ValueError(f"not a reported metric; allowed: {', '.join(EVAL_METRICS)}")
-        return name
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        return _distinct_seeds(seeds)
 
 
 class EarlyStopping(_Strict):
@@ -129,17 +178,35 @@ class StudyFile(_Strict):
     constraints: Constraints = Constraints()
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)  # trials running at once; None: as many as resources allow
-    metric: Metric = Metric()
+    metric: Metric | None = None  # the one metric; None: test_error (min), or the first of `objectives`
+    objectives: list[Objective] | None = Field(None, min_length=2, max_length=8)  # several, instead of
+    #   `metric`: the first a reported metric (progress line, early stopping), the others any objective
+    design_spaces: dict[str, dict[str, Any]] = Field({}, max_length=MAX_DESIGN_SPACES)  # name -> sub-space of
+    #   `space` (axis key -> values or {low, high, log}); search.method random draws num_samples from each
+    noise_reference: NoiseReference | None = None  # one point x several seeds: the seed-noise EDF
     early_stopping: EarlyStopping | None = None  # None: every trial runs to the end
     fuse: int = Field(1, ge=1)  # trials differing only in seed/optimiser recipe trained as one Ray trial; 1: off
 
     @field_validator("seeds")
     @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted(seed for seed, count in Counter(seeds).items() if count > 1)
-        if repeated:
-            raise ValueError(f"each seed may appear once; repeated: {repeated}")
-        return seeds
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        return _distinct_seeds(seeds)
+
+    @field_validator("design_spaces")
+    @classmethod
+    def _space_names(cls, spaces: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in spaces:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or name == NOISE_SPACE:
+                raise ValueError(f"design space {name!r}: a name is letters, digits and _.- (at most 64), "
+                                 f"not {NOISE_SPACE!r} (the noise reference's)")
+        return spaces
+
+
+def _distinct_seeds(seeds: list[int]) -> list[int]:
+    repeated = sorted(seed for seed, count in Counter(seeds).items() if count > 1)
+    if repeated:
+        raise ValueError(f"each seed may appear once; repeated: {repeated}")
+    return seeds
 
 
 # -- messages --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Child runs hold:
 - params: the fields of the trial's resolved :class:`~ablate.config.TrainConfig` that mean something
   for it, flattened (``model.n``, ``trainer.lr``, ``seed``, ...; no ``None`` values, no
   ``data.synthetic_*`` on real data), plus :data:`PARAM_MODEL_NAME`, :data:`PARAM_DEPTH`,
-  :data:`PARAM_MODEL_PARAMS`, :data:`PARAM_MODEL_MACS` and the short copies :data:`SHORT_PARAMS`
+  :data:`PARAM_MODEL_PARAMS`, :data:`PARAM_MODEL_MACS`, :data:`PARAM_TRAIN_FLOPS` and the short copies :data:`SHORT_PARAMS`
   (``block``, ``shortcut``, ``warmup``) that the runs table shows side by side;
 - metrics at every evaluation point, ``step`` = training iteration: the trainer's numbers,
   :data:`ablate.metrics.EVAL_METRICS` and the ``grad_norm/<part>`` family (:mod:`ablate.metrics`);
@@ -28,7 +28,8 @@ Child runs hold:
   shape; ``transition``: the first unit of a stage after the first) and the metrics
   :data:`METRIC_LESION_BASE`, :data:`METRIC_LESION_MEAN`, :data:`METRIC_LESION_MAX`;
 - tags: :data:`TAG_STUDY`, :data:`TAG_ROLE`, :data:`TAG_STATUS`, :data:`TAG_GROUP`,
-  :data:`TAG_LABEL`, :data:`TAG_TRIAL`, plus the git commit and library versions.
+  :data:`TAG_LABEL`, :data:`TAG_TRIAL`, plus the git commit and library versions; in a study that
+  compares design spaces, :data:`TAG_DESIGN_SPACE` (the space's name, or :data:`NOISE_SPACE`).
 
 Parent runs hold the resolved study file as artifact ``study.yaml`` and its outline as params
 (``study.file``, ``search.method``, ``seeds``, ``trials``, ``space.<axis key>``; the ``--set``
@@ -71,6 +72,8 @@ TAG_METRIC = "ablate.metric"  # parent: the metric the study reports, e.g. "test
 TAG_MODE = "ablate.mode"  # parent: "min" | "max"
 TAG_PARENT = "mlflow.parentRunId"  # set by MLflow for nested runs
 TAG_DRIVER = "ablate.driver"  # parent and child: "host:pid:start" of the process that last opened the run
+TAG_DESIGN_SPACE = "ablate.design_space"  # child of a design-space study: its space's name, or NOISE_SPACE
+NOISE_SPACE = "noise"  # TAG_DESIGN_SPACE of a noise-reference trial (one configuration, many seeds)
 
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
@@ -99,15 +102,15 @@ PARAM_MODEL_NAME = "model.name"
 PARAM_DEPTH = "depth"  # weighted layers
 PARAM_MODEL_PARAMS = "model.params"
 PARAM_MODEL_MACS = "model.macs"
-PARAM_TRAIN_FLOPS = "model.train_flops"
-TAG_DESIGN_SPACE = "ablate.design_space"
-NOISE_SPACE = "noise"
+PARAM_TRAIN_FLOPS = "model.train_flops"  # the trial's training FLOPs, as `ablate plan` counts them
 SHORT_PARAMS = {  # short name -> the config key it copies, for the runs table's columns
     "block": "model.block",
     "shortcut": "model.shortcut",
     "warmup": "trainer.warmup.policy",
 }
-ADDED_PARAMS = frozenset({PARAM_MODEL_NAME, PARAM_DEPTH, PARAM_MODEL_PARAMS, PARAM_MODEL_MACS, *SHORT_PARAMS})
+ADDED_PARAMS = frozenset(
+    {PARAM_MODEL_NAME, PARAM_DEPTH, PARAM_MODEL_PARAMS, PARAM_MODEL_MACS, PARAM_TRAIN_FLOPS, *SHORT_PARAMS}
+)
 LEGACY_PARAMS = {"model.depth": PARAM_DEPTH}  # older name -> current name
 
 

@@ -227,18 +227,20 @@ class StudyWriter:
     # -- trials -----------------------------------------------------------------------------------------
 
     def start_trial(
-        self, trial_id: str, config: TrainConfig, *, group: str, label: str, model: Mapping[str, Any]
+        self, trial_id: str, config: TrainConfig, *, group: str, label: str, model: Mapping[str, Any],
+        design_space: str | None = None,
     ) -> str:
         """The trial's child run, marked running: the one it already has (by trial id), else a new one.
 
         ``model``: the params added beside the flattened config (``model.name``, ``depth``,
-        ``model.params``, ``model.macs``). A reused run keeps its params and history.
+        ``model.params``, ``model.macs``, ``model.train_flops``); ``design_space``: the tag
+        :data:`~ablate.tracking.layout.TAG_DESIGN_SPACE`, when given. A reused run keeps its params and history.
         """
         if trial_id in self._open:  # restarted after a failure, in this invocation
             return self._open[trial_id]
         run_id = self._existing_trial(trial_id)
         if run_id is None:
-            run_id = self._new_trial(trial_id, config, group=group, label=label, model=model)
+            run_id = self._new_trial(trial_id, config, group=group, label=label, model=model, design_space=design_space)
         else:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, layout.TAG_STATUS, Status.RUNNING)
@@ -332,7 +334,8 @@ class StudyWriter:
         return max((m.step for key in keys for m in self.client.get_metric_history(run_id, key)), default=-1)
 
     def _new_trial(
-        self, trial_id: str, config: TrainConfig, *, group: str, label: str, model: Mapping[str, Any]
+        self, trial_id: str, config: TrainConfig, *, group: str, label: str, model: Mapping[str, Any],
+        design_space: str | None,
     ) -> str:
         tags = {
             layout.TAG_STUDY: self.study,
@@ -344,6 +347,7 @@ class StudyWriter:
             layout.TAG_PARENT: self.parent_id,
             layout.TAG_DRIVER: driver_id(),
             **self._provenance_tags(),
+            **({layout.TAG_DESIGN_SPACE: design_space} if design_space is not None else {}),
         }
         run_id = self.client.create_run(
             self.experiment_id, tags=tags, run_name=f"{label} seed {config.seed}"
