@@ -31,6 +31,7 @@ EXPECTED = {
     "fmnist_warmup": (3, 2),  # resnet110 x {none, paper, linear}
     "imagenet_degradation": (4, 2),  # plain/residual x {18, 34} ImageNet layouts
     "unit_variants": (10, 2),  # He et al. 2016 shortcut variants and activation placements
+    "fmnist_deep_pair": (3, 3),  # resnet20, plain20, resnet110 on 500 images
     "fmnist_pareto": (40, 1),  # NSGA-II samples
     "fmnist_design_spaces": (16, 1),  # random models per design space (3 of them), plus 5 noise-reference seeds
 }
