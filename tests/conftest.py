@@ -1,4 +1,4 @@
-"""Session-wide fixtures: one local Ray instance shared by every test that needs Ray."""
+"""Fixtures the tests share: one local Ray instance for the session, the clock rate of `ablate plan`, Ray held off."""
 
 from __future__ import annotations
 
@@ -35,3 +35,22 @@ def calibrated_rate():
     patch.setattr(estimate, "_calibrate", lambda device, config=None: rate)
     yield rate
     patch.undo()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray as if not running in this process, and any attempt to start or join one recorded, not made."""
+    from ablate.search import runner
+
+    calls = []
+
+    def init(**kwargs):
+        from ray._private import ray_constants
+
+        calls.append(kwargs | {"loopback": not ray_constants.ENABLE_RAY_CLUSTER})
+        raise RuntimeError("stop here: Ray was asked to start")
+
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runner.ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls

@@ -326,25 +326,6 @@ def test_open_store_creates_a_fresh_sqlite_store(tmp_path):
 # -- the runner: checks first, a local Ray, messages ----------------------------------------------------
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Ray as if not running in this process, and any attempt to start or join one recorded, not made."""
-    from ablate.search import runner
-
-    calls = []
-
-    def init(**kwargs):
-        from ray._private import ray_constants
-
-        calls.append(kwargs | {"loopback": not ray_constants.ENABLE_RAY_CLUSTER})
-        raise RuntimeError("stop here: Ray was asked to start")
-
-    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runner.ray, "init", init)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return calls
-
-
 @pytest.mark.parametrize("uri", ["nonsense://x", "garbage"])
 def test_run_checks_the_store_before_starting_ray_or_moving_anything(tmp_path, capsys, no_ray, uri):
     if uri == "garbage":
